@@ -1,0 +1,37 @@
+"""``dwm-jax`` console script: one subcommand per job, each a module with ``main(argv)``."""
+from __future__ import annotations
+
+import importlib
+import sys
+
+COMMANDS = {
+    "pretrain": ("dwm_jax.main", "pretrain a model from a config (ml_collections)"),
+    "export": ("dwm_jax.train.export", "write the encoder parameters of a workdir"),
+    "probe": ("dwm_jax.evaluate.probe_cli", "linear-probe an encoder on task CSVs or TFDS"),
+    "prepare": ("dwm_jax.data.prepare", "convert an audio folder to log-mel .npy files"),
+    "synth": ("dwm_jax.data.synthetic", "write the synthetic audio set as WAV + CSV"),
+    "show": ("dwm_jax.masking.show", "PNG of a spectrogram, its dispersion and every mask"),
+}
+
+
+def _usage() -> str:
+  lines = ["usage: dwm-jax COMMAND [ARGS...]", "", "commands:"]
+  lines += [f"  {name:<10} {doc}" for name, (_, doc) in COMMANDS.items()]
+  return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+  argv = sys.argv[1:] if argv is None else argv
+  if not argv or argv[0] in ("-h", "--help"):
+    print(_usage())
+    return 0
+  name, rest = argv[0], argv[1:]
+  if name not in COMMANDS:
+    print(f"dwm-jax: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
+    return 2
+  module = importlib.import_module(COMMANDS[name][0])
+  return int(module.main(rest) or 0)
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,87 @@
+"""The config schema shared by every job: defaults of every field, documented in one place.
+
+``configs/*.py`` start from :func:`base_config` and override what their setup changes. Field
+meanings are listed in the README's config reference; validation lives in ``dwm_jax.validate``.
+"""
+from __future__ import annotations
+
+import ml_collections
+from ml_collections import config_dict
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Defaults: the DWM paper's M2D ViT-B setup on AudioSet-like log-mel clips."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+
+  c.model = ml_collections.ConfigDict()
+  c.model.name = "base"            # tiny | small | base | large
+  c.model.input_shape = (80, 608)  # [F bins, T frames]
+  c.model.patch_size = (16, 16)
+  c.model.dtype = "float32"        # compute dtype: float32 | bfloat16 (params stay float32)
+  c.model.dropout = 0.0
+  c.model.drop_path = 0.0
+
+  c.objective = ml_collections.ConfigDict()
+  c.objective.name = "m2d"         # m2d | mae
+  c.objective.predictor_depth = 8  # M2D predictor / MAE decoder
+  c.objective.predictor_dim = 512
+  c.objective.predictor_heads = 16
+  c.objective.ema_decay_start = 0.99995  # M2D target EMA, cosine-ramped to the end value
+  c.objective.ema_decay_end = 0.99999
+  c.objective.norm_pix_loss = True  # MAE: per-patch normalized reconstruction target
+
+  c.mask = ml_collections.ConfigDict()
+  c.mask.name = "dwm"              # any name in dwm_jax.masking.names()
+  c.mask.ratio = 0.7
+  c.mask.options = ml_collections.ConfigDict()  # strategy options, e.g. metric="variance"
+  c.mask.hint = ml_collections.ConfigDict()
+  c.mask.hint.start_epoch = 50.0   # h = 1 (random) before this epoch
+  c.mask.hint.k = 2.0              # then h = 1 - (epoch / epochs) ** k
+  c.mask.hint.fixed = config_dict.placeholder(float)  # abs_hint_ratio: pins h
+
+  c.data = ml_collections.ConfigDict()
+  c.data.source = "synthetic"      # synthetic | npy | audio | tfds
+  c.data.csv = ""                  # npy/audio: CSV with a file_name column (paths relative to it)
+  c.data.root = ""                 # audio: folder scanned for audio files when csv is empty
+  c.data.tfds_name = ""
+  c.data.tfds_data_dir = ""
+  c.data.tfds_split = "train"
+  c.data.crop_frames = 608
+  c.data.norm_mean = -7.1          # M2D's AudioSet log-mel statistics
+  c.data.norm_std = 4.2
+  c.data.num_workers = 0
+  c.data.prefetch = 2
+  c.data.synthetic = ml_collections.ConfigDict()
+  c.data.synthetic.num_clips = 2048
+  c.data.synthetic.seconds = 6.08
+  c.data.synthetic.seed = 0
+
+  c.batch_size = 2048              # global, over all devices and hosts
+  c.epochs = 300
+  c.steps_per_epoch = config_dict.placeholder(int)  # default: dataset size // batch_size
+  c.total_steps = config_dict.placeholder(int)      # default: epochs * steps_per_epoch
+
+  c.optim = ml_collections.ConfigDict()
+  c.optim.base_lr = 3e-4           # lr = base_lr * batch_size / 256
+  c.optim.min_lr = 0.0
+  c.optim.warmup_epochs = 20.0
+  c.optim.weight_decay = 0.05
+  c.optim.b1 = 0.9
+  c.optim.b2 = 0.95
+  c.optim.clip_norm = 0.0          # 0 = no clipping
+  c.optim.accum_steps = 1          # optax.MultiSteps gradient accumulation
+
+  c.checkpoint = ml_collections.ConfigDict()
+  c.checkpoint.every_steps = 1000
+  c.checkpoint.keep = 3
+  c.checkpoint.keep_period = 0     # > 0: also keep every checkpoint whose step divides by this
+  c.checkpoint.async_save = True
+
+  c.log_every_steps = 50
+  c.mask_png_every_steps = 1000    # 0 = never
+
+  c.probe = ml_collections.ConfigDict()
+  c.probe.tasks = ()               # EVAR CSVs or tfds:NAME; synthetic tasks when source=synthetic
+  c.probe.seeds = 3
+  return c
