@@ -21,6 +21,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.dtype = "float32"        # compute dtype: float32 | bfloat16 (params stay float32)
   c.model.dropout = 0.0
   c.model.drop_path = 0.0
+  # Optional overrides of the named size (None = the size's value; see models.vit.MODEL_SIZES).
+  c.model.width = config_dict.placeholder(int)
+  c.model.depth = config_dict.placeholder(int)
+  c.model.heads = config_dict.placeholder(int)
+  c.model.mlp_dim = config_dict.placeholder(int)
 
   c.objective = ml_collections.ConfigDict()
   c.objective.name = "m2d"         # m2d | mae
@@ -29,6 +34,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.objective.predictor_heads = 16
   c.objective.ema_decay_start = 0.99995  # M2D target EMA, cosine-ramped to the end value
   c.objective.ema_decay_end = 0.99999
+  c.objective.ema_schedule = "cosine"  # cosine | linear ramp of the EMA decay over total_steps
   c.objective.norm_pix_loss = True  # MAE: per-patch normalized reconstruction target
 
   c.mask = ml_collections.ConfigDict()
@@ -47,11 +53,13 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.tfds_name = ""
   c.data.tfds_data_dir = ""
   c.data.tfds_split = "train"
+  c.data.tfds_audio_key = "audio"  # tfds: the Audio feature to read
   c.data.crop_frames = 608
   c.data.norm_mean = -7.1          # M2D's AudioSet log-mel statistics
   c.data.norm_std = 4.2
-  c.data.num_workers = 0
-  c.data.prefetch = 2
+  c.data.stats = ""                # stats JSON (written by `dwm-jax prepare`): overrides the two above
+  c.data.num_workers = 0           # grain worker processes (0: decode in the training process)
+  c.data.prefetch = 2              # batches in flight per process (threads) / per worker
   c.data.synthetic = ml_collections.ConfigDict()
   c.data.synthetic.num_clips = 2048
   c.data.synthetic.seconds = 6.08
@@ -84,4 +92,42 @@ def base_config() -> ml_collections.ConfigDict:
   c.probe = ml_collections.ConfigDict()
   c.probe.tasks = ()               # EVAR CSVs or tfds:NAME; synthetic tasks when source=synthetic
   c.probe.seeds = 3
+  c.probe.after_pretrain = False   # train_and_evaluate ends with a probe vs a random-init encoder
+  c.probe.synthetic_clips = 600    # clips per synthetic task (source=synthetic, no tasks given)
   return c
+
+
+# ``configs/m2d.py:mask=NAME``: the paper's strategies as (mask.name, mask.options).
+MASK_PRESETS: dict[str, tuple[str, dict]] = {
+    "random": ("random", {}),
+    "dwm": ("dwm", {"metric": "mad"}),
+    "dwm_var": ("dwm", {"metric": "variance"}),
+    "dwm_topk": ("dwm", {"probabilistic": False}),
+    "inverse_block": ("inverse_block", {}),
+    "informed": ("informed", {}),
+}
+
+
+def parse_arg(arg: str | None, **defaults: str) -> dict[str, str]:
+  """``"mask=dwm,model=base"`` -> ``{"mask": "dwm", "model": "base"}`` over ``defaults``.
+
+  The keys of ``defaults`` are the only keys accepted, so a typo fails with the valid keys.
+  """
+  out = dict(defaults)
+  for item in filter(None, (arg or "").split(",")):
+    key, sep, value = item.partition("=")
+    key = key.strip()
+    if not sep or key not in defaults:
+      raise ValueError(f"config argument {item!r}: expected KEY=VALUE with KEY in "
+                       f"{', '.join(sorted(defaults))}")
+    out[key] = value.strip()
+  return out
+
+
+def apply_mask_preset(c: ml_collections.ConfigDict, preset: str) -> None:
+  """Sets ``c.mask.name`` / ``c.mask.options`` from a :data:`MASK_PRESETS` name."""
+  if preset not in MASK_PRESETS:
+    raise ValueError(f"unknown mask preset {preset!r}; valid: {', '.join(MASK_PRESETS)}")
+  name, options = MASK_PRESETS[preset]
+  c.mask.name = name
+  c.mask.options = ml_collections.ConfigDict(options)

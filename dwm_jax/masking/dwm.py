@@ -46,10 +46,10 @@ def weighted_mask(key: jax.Array, weights: jnp.ndarray, num_masked: int,
 
 @register("dwm", metric="mad", probabilistic=True)
 def dwm_masking(key: jax.Array, patches: jnp.ndarray, *, grid: Grid, num_masked: int,
-                hint: float | jnp.ndarray = 0.0, metric: str = "mad",
-                probabilistic: bool = True) -> jnp.ndarray:
+                hint: float | jnp.ndarray = 0.0, ratio: float | None = None,
+                metric: str = "mad", probabilistic: bool = True) -> jnp.ndarray:
   """Dispersion-weighted masking. ``patches: [B, N, P]`` -> ``bool [B, N]``, then hint swap."""
-  del grid
+  del grid, ratio
   if metric not in METRICS:
     raise ValueError(f"unknown dispersion metric {metric!r}; valid: {', '.join(METRICS)}")
   k_draw, k_hint = jax.random.split(key)

@@ -27,10 +27,10 @@ def hint_swap(key: jax.Array, mask: jnp.ndarray, num_masked: int,
   shape = mask.shape
   # Rank the masked entries among themselves (visible ones pushed past them with +inf).
   u = jnp.where(mask, ops.uniform_noise(k_reveal, shape), jnp.inf)
-  revealed = mask & (ops.ranks(u) < n_swap)
+  revealed = ops.smallest_mask(u, n_swap, num_masked)
   kept = mask & ~revealed
   v = jnp.where(kept, jnp.inf, ops.uniform_noise(k_remask, shape))
-  remasked = ~kept & (ops.ranks(v) < n_swap)
+  remasked = ops.smallest_mask(v, n_swap, num_masked)
   return kept | remasked
 
 

@@ -1,8 +1,11 @@
 """Name -> strategy registry and the one public entry point, :func:`sample`.
 
-A strategy is a pure function ``fn(key, patches, *, grid, num_masked, hint, **options)`` that
-returns ``bool [B, N]`` with exactly ``num_masked`` True (masked) entries in every row. It is
-registered with the defaults of every option it accepts, so unknown options fail before tracing.
+A strategy is a pure function ``fn(key, patches, *, grid, num_masked, hint, ratio, **options)``
+that returns ``bool [B, N]`` with exactly ``num_masked`` True (masked) entries in every row.
+``ratio`` is the requested float ratio (``num_masked`` is derived from it), for the strategies whose
+reference computes other counts from the float (``inverse_block``); it defaults to ``None`` so a
+direct call may omit it. A strategy is registered with the defaults of every option it accepts,
+so unknown options fail before tracing.
 """
 from __future__ import annotations
 
@@ -96,4 +99,4 @@ def sample(name: str, key: jax.Array, patches: jnp.ndarray, *, grid, ratio: floa
   k = patching.num_masked(g.num_patches, ratio)
   if not 0 < k < g.num_patches:
     raise ValueError(f"ratio {ratio} on {g.num_patches} patches masks {k}; need 0 < K < N")
-  return get(name).fn(key, patches, grid=g, num_masked=k, hint=hint, **opts)
+  return get(name).fn(key, patches, grid=g, num_masked=k, hint=hint, ratio=ratio, **opts)

@@ -1,0 +1,246 @@
+"""Labeled (evaluation) tasks: raw log-mels of any length per split, with labels.
+
+Sources:
+- EVAR CSV (``file_name,label,split``; file names relative to the CSV's folder; split in
+  train/valid/test; multi-label rows join their labels with ``sep``, ``,`` by default). Files
+  may be audio (decoded to 16 kHz log-mel) or prepared ``.npy`` log-mels.
+- ``tfds:NAME`` (with ``data_dir``): a TFDS audio dataset with a label feature, read through
+  ``tfds.data_source``; ``train``/``validation``/``test`` splits (a missing validation split is
+  carved, seeded, from train).
+- :func:`synthetic_tasks`: the built-in synthetic set's event / pitch / timbre tasks.
+
+Missing or undecodable files are skipped, logged with their reason, and counted
+(``Task.skipped``). Unknown splits, missing columns, labels absent from train: ValueError.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import csv
+import dataclasses
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+
+from dwm_jax.data import audio_io
+from dwm_jax.data.log_mel import LogMelSpec, log_mel
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "valid", "test")
+
+
+@dataclasses.dataclass
+class Task:
+  """One probe task.
+
+  ``x[split]``: list of raw log-mels ``[F, T_i]`` float32; ``y[split]``: int64 ``[n]`` class
+  indices, or float32 multi-hot ``[n, C]`` when ``multilabel``. Splits: train, valid, test.
+  """
+  name: str
+  multilabel: bool
+  classes: list[str]
+  x: dict[str, list[np.ndarray]]
+  y: dict[str, np.ndarray]
+  skipped: dict[str, int] = dataclasses.field(default_factory=dict)  # reason -> count
+
+  @property
+  def num_classes(self) -> int:
+    return len(self.classes)
+
+  def split(self, name: str) -> tuple[list[np.ndarray], np.ndarray]:
+    if name not in SPLITS:
+      raise ValueError(f"unknown split {name!r}; expected one of {SPLITS}")
+    return self.x[name], self.y[name]
+
+  train = property(lambda self: self.split("train"))
+  valid = property(lambda self: self.split("valid"))
+  test = property(lambda self: self.split("test"))
+
+  def __repr__(self) -> str:
+    sizes = ", ".join(f"{s}={len(self.x[s])}" for s in SPLITS)
+    return (f"Task({self.name!r}, {self.num_classes} classes, "
+            f"{'multi' if self.multilabel else 'single'}-label, {sizes})")
+
+
+def _sort_classes(names: set[str]) -> list[str]:
+  try:
+    return sorted(names, key=lambda s: (float(s), s))
+  except ValueError:
+    return sorted(names)
+
+
+def _encode(labels: dict[str, list[list[str]]], classes: list[str],
+            multilabel: bool) -> dict[str, np.ndarray]:
+  index = {c: i for i, c in enumerate(classes)}
+  out = {}
+  for s, rows in labels.items():
+    if multilabel:
+      y = np.zeros((len(rows), len(classes)), np.float32)
+      for r, parts in enumerate(rows):
+        y[r, [index[p] for p in parts]] = 1.0
+    else:
+      y = np.asarray([index[parts[0]] for parts in rows], np.int64)
+    out[s] = y
+  return out
+
+
+def _check_and_build(name: str, x: dict, raw_labels: dict, multilabel: bool,
+                     skipped: dict[str, int]) -> Task:
+  if not x["train"]:
+    raise ValueError(f"task {name}: the train split is empty")
+  if not x["test"]:
+    raise ValueError(f"task {name}: the test split is empty")
+  if not x["valid"]:
+    log.warning("task %s: no valid split", name)
+  classes = _sort_classes({p for parts in raw_labels["train"] for p in parts})
+  for s in ("valid", "test"):
+    unseen = {p for parts in raw_labels[s] for p in parts} - set(classes)
+    if unseen:
+      raise ValueError(f"task {name}: labels in {s} absent from train: {sorted(unseen)[:10]}")
+  return Task(name, multilabel, classes, x, _encode(raw_labels, classes, multilabel), skipped)
+
+
+def _load_logmel(path: Path, spec: LogMelSpec) -> np.ndarray:
+  if path.suffix == ".npy":
+    if not path.is_file():
+      raise audio_io.AudioError(path, "missing")
+    try:
+      x = np.load(path, allow_pickle=False).astype(np.float32)
+    except Exception as e:
+      raise audio_io.AudioError(path, "unreadable", str(e)) from e
+    x = x[0] if x.ndim == 3 and x.shape[0] == 1 else x
+    if x.ndim != 2 or x.shape[0] != spec.n_mels:
+      raise audio_io.AudioError(path, "unreadable", f"log-mel shape {x.shape}")
+    if not np.all(np.isfinite(x)):
+      raise audio_io.AudioError(path, "nan")
+    return x
+  return log_mel(audio_io.load_audio(path, spec.sample_rate), spec)
+
+
+def load_csv_task(csv_path: str | os.PathLike, *, sep: str = ",",
+                  multilabel: bool | None = None, spec: LogMelSpec = LogMelSpec(),
+                  num_threads: int = 4, name: str | None = None) -> Task:
+  """An EVAR-convention CSV task (see the module docstring)."""
+  csv_path = Path(csv_path)
+  if not csv_path.is_file():
+    raise FileNotFoundError(f"task CSV not found: {csv_path}")
+  with open(csv_path, newline="") as f:
+    reader = csv.DictReader(f)
+    missing = {"file_name", "label", "split"} - set(reader.fieldnames or ())
+    if missing:
+      raise ValueError(f"{csv_path}: missing column(s) {sorted(missing)}; EVAR CSVs have "
+                       f"file_name,label,split (found {reader.fieldnames})")
+    rows = list(reader)
+  bad_splits = sorted({r["split"] for r in rows} - set(SPLITS))
+  if bad_splits:
+    raise ValueError(f"{csv_path}: unknown split(s) {bad_splits}; expected {SPLITS}")
+  if multilabel is None:
+    multilabel = any(sep in r["label"] for r in rows)
+  root = csv_path.parent
+
+  def load(row):
+    try:
+      return _load_logmel(root / row["file_name"], spec), None
+    except audio_io.AudioError as e:
+      return None, e
+
+  with concurrent.futures.ThreadPoolExecutor(max(1, num_threads)) as pool:
+    results = list(pool.map(load, rows))
+  x = {s: [] for s in SPLITS}
+  raw = {s: [] for s in SPLITS}
+  skipped: dict[str, int] = {}
+  for row, (lm, err) in zip(rows, results):
+    if err is not None:
+      skipped[err.reason] = skipped.get(err.reason, 0) + 1
+      log.warning("task %s: skipping %s", csv_path.name, err)
+      continue
+    parts = [p.strip() for p in row["label"].split(sep)] if multilabel else [row["label"]]
+    x[row["split"]].append(lm)
+    raw[row["split"]].append([p for p in parts if p])
+  if skipped:
+    log.warning("task %s: skipped %d of %d files: %s", csv_path.name, sum(skipped.values()),
+                len(rows), skipped)
+  return _check_and_build(name or csv_path.stem, x, raw, multilabel, skipped)
+
+
+def load_tfds_task(name: str, *, data_dir: str | None = None, label_key: str = "label",
+                   audio_key: str = "audio", spec: LogMelSpec = LogMelSpec(),
+                   valid_fraction: float = 0.1, seed: int = 0) -> Task:
+  """A TFDS audio dataset with a ``ClassLabel`` (or ``Sequence(ClassLabel)``) label feature."""
+  from dwm_jax.data import tfds_source
+  tfds = tfds_source.import_tfds()
+  train = tfds_source.open_data_source(name, "train", data_dir)
+  features = train.dataset_info.features
+  if label_key not in features:
+    raise ValueError(f"TFDS {name!r} has no label feature {label_key!r}; features: "
+                     f"{list(features)}")
+  feat = features[label_key]
+  multilabel = isinstance(feat, tfds.features.Sequence)
+  label_feat = feat.feature if multilabel else feat
+  names = list(getattr(label_feat, "names", []) or [])
+  rate = tfds_source.audio_sample_rate(train, audio_key, spec.sample_rate)
+  available = set(train.dataset_info.splits.keys())
+  if "test" not in available:
+    raise ValueError(f"TFDS {name!r} has no test split (splits: {sorted(available)})")
+  valid_name = next((s for s in ("validation", "valid", "val") if s in available), None)
+
+  def read(split_name):
+    ds = train if split_name == "train" else tfds_source.open_data_source(name, split_name,
+                                                                          data_dir)
+    xs, ys = [], []
+    for i in range(len(ds)):
+      rec = ds[i]
+      xs.append(log_mel(tfds_source.to_wave(rec[audio_key], rate, spec.sample_rate), spec))
+      lab = np.atleast_1d(np.asarray(rec[label_key])).tolist()
+      ys.append([names[int(v)] if names else str(v) for v in lab])
+    return xs, ys
+
+  x, raw = {}, {}
+  x["train"], raw["train"] = read("train")
+  x["test"], raw["test"] = read("test")
+  if valid_name:
+    x["valid"], raw["valid"] = read(valid_name)
+  else:
+    order = np.random.default_rng(seed).permutation(len(x["train"]))
+    n_valid = int(round(valid_fraction * len(order)))
+    pick = {"valid": order[:n_valid], "train": np.sort(order[n_valid:])}
+    x_tr, raw_tr = x["train"], raw["train"]
+    for s, idx in pick.items():
+      x[s], raw[s] = [x_tr[i] for i in idx], [raw_tr[i] for i in idx]
+  task = _check_and_build(name, x, raw, multilabel, {})
+  if names and not multilabel:
+    # Keep the dataset's own class order when it names its classes.
+    present = set(task.classes)
+    classes = [n for n in names if n in present]
+    task = Task(name, multilabel, classes, x, _encode(raw, classes, multilabel), {})
+  return task
+
+
+def load_task(spec: str, *, data_dir: str | None = None, **kwargs) -> Task:
+  """``spec``: an EVAR CSV path, or ``tfds:NAME`` (with ``data_dir``)."""
+  if spec.startswith("tfds:"):
+    return load_tfds_task(spec[len("tfds:"):], data_dir=data_dir, **kwargs)
+  return load_csv_task(spec, **kwargs)
+
+
+def synthetic_tasks(num_clips: int, seed: int = 0, seconds: float = 6.08,
+                    spec: LogMelSpec = LogMelSpec()) -> list[Task]:
+  """The synthetic set's ``event``, ``pitch`` and ``timbre`` tasks (log-mels shared)."""
+  from dwm_jax.data import synthetic
+  if num_clips < 10:
+    raise ValueError(f"synthetic tasks need at least 10 clips, got {num_clips}")
+  split = synthetic.splits(num_clips, seed)
+  clips = [synthetic.synthesize_clip(i, seed=seed, seconds=seconds,
+                                     sample_rate=spec.sample_rate) for i in range(num_clips)]
+  x = {s: [] for s in SPLITS}
+  labels = {s: [] for s in SPLITS}
+  for i, (wave, lab) in enumerate(clips):
+    x[split[i]].append(log_mel(wave, spec))
+    labels[split[i]].append(lab)
+  tasks = []
+  for task, names in synthetic.LABEL_NAMES.items():
+    y = {s: np.asarray([lab[task] for lab in labels[s]], np.int64) for s in SPLITS}
+    tasks.append(Task(f"synthetic_{task}", False, list(names), x, y))
+  return tasks

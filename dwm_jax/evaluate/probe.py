@@ -1,0 +1,331 @@
+"""Linear probe (EVAR convention): frozen clip embeddings, a linear classifier, test score.
+
+Features are standardized with the *train* split's statistics only; a linear layer is trained
+with optax Adam on the train split, the epoch with the best valid score is kept (early stopping),
+and that classifier is scored once on test: accuracy for single-label tasks, mAP (macro average
+precision over classes with a positive in test) for multi-label ones. Test data never reaches
+training or model selection.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+from typing import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+log = logging.getLogger(__name__)
+
+Split = tuple[np.ndarray, np.ndarray]  # (features [n, D], labels [n] int or [n, C] multi-hot)
+
+
+@dataclasses.dataclass(frozen=True)
+class ProbeConfig:
+  """Classifier training settings (EVAR-like defaults)."""
+  lr: float = 3e-3
+  weight_decay: float = 1e-4
+  batch_size: int = 128
+  max_epochs: int = 200
+  patience: int = 20
+
+
+def average_precision(scores: np.ndarray, positives: np.ndarray) -> float:
+  """Area under the precision-recall step curve (the sklearn definition; ties share a threshold).
+
+  scores: [n] higher = more likely positive; positives: [n] bool. Needs at least one positive.
+  """
+  scores = np.asarray(scores, np.float64)
+  positives = np.asarray(positives, bool)
+  order = np.argsort(-scores, kind="stable")
+  s, y = scores[order], positives[order]
+  # One threshold per distinct score: the last index of each run of equal scores.
+  last = np.r_[np.nonzero(np.diff(s))[0], len(s) - 1]
+  tps = np.cumsum(y)[last]
+  precision = tps / (last + 1)
+  recall = tps / y.sum()
+  return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+
+
+def mean_average_precision(scores: np.ndarray, targets: np.ndarray) -> float:
+  """Macro mAP over classes that have a positive: ``scores, targets: [n, C]``."""
+  has_pos = targets.sum(axis=0) > 0
+  if not has_pos.any():
+    raise ValueError("mAP undefined: no class has a positive example in this split")
+  if not has_pos.all():
+    log.info("mAP: %d of %d classes have no positive in this split; they are left out",
+             int((~has_pos).sum()), targets.shape[1])
+  aps = [average_precision(scores[:, c], targets[:, c] > 0) for c in np.nonzero(has_pos)[0]]
+  return float(np.mean(aps))
+
+
+def _check_split(name: str, x: np.ndarray, y: np.ndarray, multilabel: bool,
+                 num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+  x = np.asarray(x, np.float32)
+  y = np.asarray(y)
+  if x.ndim != 2:
+    raise ValueError(f"{name} features must be [n, D], got shape {x.shape}")
+  if len(x) != len(y):
+    raise ValueError(f"{name}: {len(x)} feature rows but {len(y)} labels")
+  if not np.isfinite(x).all():
+    raise ValueError(f"{name} features contain NaN or Inf ({int((~np.isfinite(x)).sum())} values)")
+  if multilabel:
+    if y.ndim != 2 or y.shape[1] != num_classes:
+      raise ValueError(f"{name}: multi-label targets must be [n, {num_classes}], got {y.shape}")
+    y = (y > 0).astype(np.float32)
+  else:
+    if y.ndim != 1:
+      raise ValueError(f"{name}: single-label targets must be [n] class indices, got {y.shape}")
+    y = y.astype(np.int32)
+    if len(y) and (y.min() < 0 or y.max() >= num_classes):
+      raise ValueError(f"{name}: class index outside [0, {num_classes})")
+  return x, y
+
+
+def _holdout(x: np.ndarray, y: np.ndarray, seed: int, fraction: float = 0.1):
+  """A seeded random valid split carved from train, for tasks that ship without one."""
+  n = len(x)
+  order = np.random.default_rng(seed).permutation(n)
+  nv = max(1, int(round(n * fraction)))
+  if n - nv < 1:
+    raise ValueError(f"cannot carve a valid split from {n} train examples")
+  v, t = order[:nv], order[nv:]
+  return (x[t], y[t]), (x[v], y[v])
+
+
+def _loss_fn(multilabel: bool) -> Callable[[jnp.ndarray, jnp.ndarray], jnp.ndarray]:
+  if multilabel:
+    return lambda logits, y: optax.sigmoid_binary_cross_entropy(logits, y).mean()
+  return lambda logits, y: optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+
+def _optimizer(lr: float, weight_decay: float) -> optax.GradientTransformation:
+  return optax.adamw(lr, weight_decay=weight_decay)
+
+
+def _logits(p: dict, x: jnp.ndarray) -> jnp.ndarray:
+  """``x: [n, D]`` -> ``[n, C]``."""
+  return x @ p["w"] + p["b"]
+
+
+# Module-level jits with static hyperparameters: the seeds of a task share one compilation.
+@functools.partial(jax.jit, static_argnames=("bs", "lr", "weight_decay", "multilabel"))
+def _epoch(p, s, key, x, y, *, bs: int, lr: float, weight_decay: float, multilabel: bool):
+  """One pass over ``x: [n, D]`` in shuffled minibatches of ``bs`` (the tail wraps around)."""
+  n = x.shape[0]
+  steps = -(-n // bs)
+  perm = jax.random.permutation(key, n)
+  idx = jnp.concatenate([perm, perm[:steps * bs - n]]).reshape(steps, bs)
+  tx, loss_fn = _optimizer(lr, weight_decay), _loss_fn(multilabel)
+
+  def step(carry, ids):
+    p, s = carry
+    g = jax.grad(lambda p: loss_fn(_logits(p, x[ids]), y[ids]))(p)
+    u, s = tx.update(g, s, p)
+    return (optax.apply_updates(p, u), s), None
+
+  (p, s), _ = jax.lax.scan(step, (p, s), idx)
+  return p, s
+
+
+@functools.partial(jax.jit, static_argnames=("multilabel",))
+def _eval(p, x, y, *, multilabel: bool):
+  logits = _logits(p, x)
+  return logits, _loss_fn(multilabel)(logits, y)
+
+
+def _score(logits: np.ndarray, y: np.ndarray, multilabel: bool) -> float:
+  if multilabel:
+    return mean_average_precision(logits, y)
+  return float(np.mean(np.argmax(logits, axis=-1) == y))
+
+
+def linear_probe(train: Split, valid: Split | None, test: Split, *, seed: int,
+                 multilabel: bool = False, num_classes: int | None = None,
+                 config: ProbeConfig = ProbeConfig()) -> float:
+  """Trains a linear classifier on ``train``, early-stops on ``valid``, returns the test score.
+
+  Args:
+    train, valid, test: ``(features [n, D], labels)``; labels are class indices ``[n]`` or, if
+      ``multilabel``, multi-hot ``[n, C]``. ``valid=None`` (or empty) holds out 10% of train.
+    seed: initialization, shuffling and hold-out seed; same seed, same result.
+    multilabel: sigmoid + BCE and mAP instead of softmax + CE and accuracy.
+    num_classes: C; inferred from the train labels when omitted.
+    config: optimizer and early-stopping settings.
+
+  Returns:
+    Test accuracy or mAP in [0, 1].
+  """
+  if num_classes is None:
+    num_classes = int(train[1].shape[1] if multilabel else np.max(train[1]) + 1)
+  xtr, ytr = _check_split("train", *train, multilabel, num_classes)
+  xte, yte = _check_split("test", *test, multilabel, num_classes)
+  if len(xtr) == 0 or len(xte) == 0:
+    raise ValueError(f"probe needs train and test examples, got {len(xtr)} and {len(xte)}")
+  if valid is None or len(valid[0]) == 0:
+    log.info("no valid split: holding out 10%% of %d train examples for early stopping", len(xtr))
+    (xtr, ytr), (xva, yva) = _holdout(xtr, ytr, seed)
+  else:
+    xva, yva = _check_split("valid", *valid, multilabel, num_classes)
+  if xva.shape[1] != xtr.shape[1] or xte.shape[1] != xtr.shape[1]:
+    raise ValueError(f"feature sizes differ: train {xtr.shape[1]}, valid {xva.shape[1]}, "
+                     f"test {xte.shape[1]}")
+
+  # Train statistics only: valid/test never influence the scaling.
+  mean = xtr.mean(axis=0)
+  std = xtr.std(axis=0)
+  std = np.where(std < 1e-8, 1.0, std)  # constant features stay finite (and contribute 0)
+  xtr, xva, xte = ((a - mean) / std for a in (xtr, xva, xte))
+
+  n, d = xtr.shape
+  bs = min(config.batch_size, n)
+  key = jax.random.key(seed)
+  k_init, key = jax.random.split(key)
+  # Small init: the convex loss has one optimum; the seed still varies init and shuffling.
+  params = {"w": jax.random.normal(k_init, (d, num_classes)) * 0.01,
+            "b": jnp.zeros((num_classes,))}
+  opt_state = _optimizer(config.lr, config.weight_decay).init(params)
+  xtr_j, ytr_j = jnp.asarray(xtr), jnp.asarray(ytr)
+  xva_j, yva_j = jnp.asarray(xva), jnp.asarray(yva)
+
+  best = (-np.inf, np.inf)  # (valid score, valid loss): higher score, then lower loss
+  best_params, since_best = params, 0
+  for _ in range(config.max_epochs):
+    key, k = jax.random.split(key)
+    params, opt_state = _epoch(params, opt_state, k, xtr_j, ytr_j, bs=bs, lr=config.lr,
+                               weight_decay=config.weight_decay, multilabel=multilabel)
+    v_logits, v_loss = _eval(params, xva_j, yva_j, multilabel=multilabel)
+    cur = (_score(np.asarray(v_logits), yva, multilabel), float(v_loss))
+    if cur[0] > best[0] or (cur[0] == best[0] and cur[1] < best[1]):
+      best, best_params, since_best = cur, params, 0
+    else:
+      since_best += 1
+      if since_best >= config.patience:
+        break
+  return _score(np.asarray(_logits(best_params, jnp.asarray(xte))), yte, multilabel)
+
+
+def probe_seeds(train: Split, valid: Split | None, test: Split, *, seeds: int | Sequence[int],
+                multilabel: bool = False, num_classes: int | None = None,
+                config: ProbeConfig = ProbeConfig()) -> dict:
+  """:func:`linear_probe` over several seeds: ``{"metric", "mean", "std", "seeds"}``."""
+  seed_list = list(range(seeds)) if isinstance(seeds, int) else list(seeds)
+  if not seed_list:
+    raise ValueError("need at least one seed")
+  scores = [linear_probe(train, valid, test, seed=s, multilabel=multilabel,
+                         num_classes=num_classes, config=config) for s in seed_list]
+  return {"metric": "mAP" if multilabel else "accuracy", "mean": float(np.mean(scores)),
+          "std": float(np.std(scores)), "seeds": len(seed_list)}
+
+
+# ---- Tasks: embed every split once, then probe over seeds. ----
+
+Featurizer = Callable[[Sequence[np.ndarray]], np.ndarray]  # raw log-mels [F, T_i] -> [n, D]
+
+
+def logmel_stats(clips: Sequence[np.ndarray]) -> np.ndarray:
+  """The plain log-mel baseline: per-bin mean and std over time, ``[n, 2F]``."""
+  if not len(clips):
+    return np.zeros((0, 0), np.float32)
+  return np.stack([np.concatenate([c.mean(axis=1), c.std(axis=1)]) for c in clips]
+                  ).astype(np.float32)
+
+
+def featurizer_for(model) -> tuple[Featurizer, str | None]:
+  """``model``: an ``Encoder``, ``"logmel"`` or a featurizer callable -> (fn, cache id or None)."""
+  from dwm_jax.evaluate.embed import embed_clips
+  from dwm_jax.evaluate.encoder import Encoder
+  if isinstance(model, Encoder):
+    return (lambda clips: embed_clips(model, clips)), model.fingerprint
+  if model == "logmel":
+    return logmel_stats, "logmel"
+  if callable(model):
+    return model, None
+  raise ValueError(f"cannot probe {model!r}: expected an Encoder, 'logmel' or a callable")
+
+
+def _task_hash(task) -> str:
+  import hashlib
+  h = hashlib.sha1(repr((task.name, task.multilabel, list(task.classes))).encode())
+  for s in ("train", "valid", "test"):
+    xs, y = task.split(s)
+    h.update(np.asarray(y).tobytes())
+    for x in xs:
+      h.update(repr(x.shape).encode())
+      h.update(np.ascontiguousarray(x, np.float32).tobytes())
+  return h.hexdigest()[:16]
+
+
+def task_features(model, task, *, cache_dir: str | None = None) -> dict[str, np.ndarray]:
+  """Features of every split of ``task``: ``{"train": [n, D], "valid": ..., "test": ...}``.
+
+  With ``cache_dir``, encoder features are stored in ``cache_dir/<fingerprint>/<task>-<hash>.npz``:
+  the encoder's parameter fingerprint and the task's content name the file, so another checkpoint
+  or changed data never reuses stale features.
+  """
+  import os
+  fn, cache_id = featurizer_for(model)
+  path = None
+  if cache_dir and cache_id:
+    path = os.path.join(cache_dir, cache_id, f"{task.name}-{_task_hash(task)}.npz")
+    if os.path.isfile(path):
+      with np.load(path) as z:
+        log.info("task %s: features from cache %s", task.name, path)
+        return {s: z[s] for s in ("train", "valid", "test")}
+  feats = {s: np.asarray(fn(task.split(s)[0]), np.float32) for s in ("train", "valid", "test")}
+  dim = feats["train"].shape[1]
+  for s in ("valid", "test"):
+    if len(feats[s]) == 0:
+      feats[s] = np.zeros((0, dim), np.float32)
+  if path:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}.npz"
+    np.savez(tmp, **feats)
+    os.replace(tmp, path)
+  return feats
+
+
+def evaluate_tasks(model, tasks: Sequence, *, seeds: int | Sequence[int] = 3,
+                   config: ProbeConfig = ProbeConfig(), cache_dir: str | None = None
+                   ) -> dict[str, dict]:
+  """Linear-probes ``model`` on every task (``dwm_jax.data.labeled.Task``).
+
+  Args:
+    model: an ``Encoder`` (clip embeddings), ``"logmel"`` (log-mel statistics) or a callable
+      mapping a list of raw log-mels ``[F, T_i]`` to features ``[n, D]``.
+    tasks: labeled tasks; their names key the result.
+    seeds: number of probe seeds (0..n-1) or the seeds themselves.
+    cache_dir: optional embedding cache (see :func:`task_features`).
+
+  Returns:
+    ``{task name: {"metric": "accuracy" | "mAP", "mean", "std", "seeds"}}``.
+  """
+  results = {}
+  for task in tasks:
+    if getattr(task, "skipped", None):
+      log.warning("task %s: %d files were skipped when loading: %s", task.name,
+                  sum(task.skipped.values()), task.skipped)
+    feats = task_features(model, task, cache_dir=cache_dir)
+    ys = {s: task.split(s)[1] for s in ("train", "valid", "test")}
+    valid = (feats["valid"], ys["valid"]) if len(feats["valid"]) else None
+    results[task.name] = probe_seeds((feats["train"], ys["train"]), valid,
+                                     (feats["test"], ys["test"]), seeds=seeds,
+                                     multilabel=task.multilabel, num_classes=task.num_classes,
+                                     config=config)
+    r = results[task.name]
+    log.info("probe %s: %s %.4f +- %.4f (%d seeds)", task.name, r["metric"], r["mean"], r["std"],
+             r["seeds"])
+  return results
+
+
+def markdown_table(results: dict[str, dict], title: str = "") -> str:
+  """``results`` of :func:`evaluate_tasks` as a Markdown table (percent, mean +- std)."""
+  lines = [f"### {title}", ""] if title else []
+  lines += ["| task | metric | mean | std | seeds |", "|---|---|---:|---:|---:|"]
+  for name, r in results.items():
+    lines.append(f"| {name} | {r['metric']} | {100 * r['mean']:.2f} | {100 * r['std']:.2f} "
+                 f"| {r['seeds']} |")
+  return "\n".join(lines) + "\n"

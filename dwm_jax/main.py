@@ -1,0 +1,165 @@
+"""``dwm-jax pretrain``: validate the config, pretrain (resuming), optionally probe the result.
+
+  dwm-jax pretrain --config configs/quickstart.py --workdir /tmp/dwm_quickstart
+  dwm-jax pretrain --config configs/m2d.py:mask=dwm,model=base --workdir W \\
+      --config.data.csv=/data/audioset_lms/files.csv --config.mask.ratio=0.7
+  python -m dwm_jax.main ...   # the same
+
+Library entry: :func:`train_and_evaluate`. Exit status: 0 when finished or stopped by
+SIGTERM/SIGINT after saving a checkpoint (rerun the same command to resume), 1 on a NaN/Inf
+loss, 2 on an invalid config or command line.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from typing import Any, Sequence
+
+import ml_collections
+from absl import flags
+from ml_collections import config_flags
+
+from dwm_jax import distributed, validate
+
+log = logging.getLogger("dwm_jax")
+SUMMARY_FILE = "summary.json"
+
+
+def final_probe(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Linear probe of the run's latest encoder and of a random-init one of the same architecture.
+
+  Tasks: ``config.probe.tasks`` (EVAR CSVs, ``tfds:NAME``), or, when none are given and the run
+  pretrained on the synthetic source, the synthetic event/pitch/timbre tasks on fresh clips
+  (seed ``data.synthetic.seed + 1``). Writes ``WORKDIR/probe.json`` and ``probe.md``.
+  Returns ``{"pretrained": {task: result}, "random_init": {task: result}}``.
+  """
+  # pylint: disable=import-outside-toplevel
+  from dwm_jax.data.labeled import synthetic_tasks
+  from dwm_jax.data.log_mel import LogMelSpec
+  from dwm_jax.evaluate.encoder import load_encoder, random_encoder
+  from dwm_jax.evaluate.probe import evaluate_tasks, markdown_table
+  from dwm_jax.evaluate.probe_cli import load_tasks
+
+  tasks = load_tasks(list(config.probe.tasks))
+  if not tasks and config.data.source == "synthetic":
+    s = config.data.synthetic
+    tasks = synthetic_tasks(int(config.probe.synthetic_clips), seed=int(s.seed) + 1,
+                            seconds=float(s.seconds),
+                            spec=LogMelSpec(n_mels=int(config.model.input_shape[0])))
+  if not tasks:
+    log.warning("probe.after_pretrain: no probe.tasks given; skipping the probe")
+    return {}
+  encoder = load_encoder(workdir)
+  baseline = random_encoder(encoder.model_cfg, seed=int(config.seed), norm_mean=encoder.norm_mean,
+                            norm_std=encoder.norm_std)
+  cache = os.path.join(workdir, "probe_cache")
+  seeds = int(config.probe.seeds)
+  results = {"pretrained": evaluate_tasks(encoder, tasks, seeds=seeds, cache_dir=cache),
+             "random_init": evaluate_tasks(baseline, tasks, seeds=seeds, cache_dir=cache)}
+  table = "\n".join(markdown_table(results[k], title=f"Linear probe: {k.replace('_', '-')} encoder")
+                    for k in results)
+  with open(os.path.join(workdir, "probe.json"), "w") as f:
+    json.dump(results, f, indent=2)
+  with open(os.path.join(workdir, "probe.md"), "w") as f:
+    f.write(table)
+  log.info("\n%s", table)
+  return results
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Validates ``config`` (before any compilation), pretrains in ``workdir`` and, with
+  ``config.probe.after_pretrain``, probes the final encoder against a random-init one.
+
+  Returns the run summary (also written to ``WORKDIR/summary.json``). Raises
+  :class:`dwm_jax.validate.ConfigError` for an invalid config and
+  :class:`dwm_jax.train.loop.NonFiniteLossError` when the loss diverges.
+  """
+  import jax  # pylint: disable=import-outside-toplevel
+
+  validate.validate(config)
+  from dwm_jax.train import loop  # pylint: disable=import-outside-toplevel
+
+  summary = loop.train(config, workdir)
+  if jax.process_index() != 0:
+    return summary
+  if config.probe.after_pretrain and not summary["preempted"]:
+    summary["probe"] = final_probe(config, workdir)
+  path = os.path.join(summary["workdir"], SUMMARY_FILE)
+  with open(path + ".tmp", "w") as f:
+    json.dump(summary, f, indent=2)
+  os.replace(path + ".tmp", path)
+  return summary
+
+
+def _flags(argv0: str) -> tuple[flags.FlagValues, Any]:
+  fv = flags.FlagValues()
+  config = config_flags.DEFINE_config_file(
+      "config", None, "config file, optionally with an argument: configs/m2d.py:mask=dwm",
+      flag_values=fv)
+  flags.DEFINE_string("workdir", None, "run folder: checkpoints, logs, config, summary",
+                      flag_values=fv)
+  flags.DEFINE_string("coordinator_address", None,
+                      "multi-host: HOST:PORT of process 0 (or JAX_COORDINATOR_ADDRESS)",
+                      flag_values=fv)
+  flags.DEFINE_integer("num_processes", None, "multi-host: number of processes "
+                       "(or JAX_NUM_PROCESSES)", flag_values=fv)
+  flags.DEFINE_integer("process_id", None, "multi-host: this process's index (or JAX_PROCESS_ID)",
+                       flag_values=fv)
+  flags.DEFINE_bool("distributed", False, "multi-host with JAX's auto-detection (TPU pods, "
+                    "SLURM, Open MPI)", flag_values=fv)
+  flags.DEFINE_enum("log_level", "info", ["debug", "info", "warning"], "console log level",
+                    flag_values=fv)
+  del argv0
+  return fv, config
+
+
+def _setup_logging(level: str) -> None:
+  logging.basicConfig(level=getattr(logging, level.upper()),
+                      format="%(asctime)s %(levelname).1s %(name)s] %(message)s",
+                      datefmt="%H:%M:%S", force=True)
+  # Orbax and absl report every save at INFO; keep the console to our progress lines.
+  for name in ("absl", "orbax", "jax._src", "grain"):
+    logging.getLogger(name).setLevel(max(logging.WARNING, getattr(logging, level.upper())))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  """``dwm-jax pretrain --config FILE[:ARG] --workdir W [--config.FIELD=VALUE ...]``."""
+  argv = list(sys.argv[1:] if argv is None else argv)
+  prog = "dwm-jax pretrain"
+  fv, config_flag = _flags(prog)
+  try:
+    fv([prog, *argv])
+    if fv.config is None or fv.workdir is None:
+      raise flags.Error("--config and --workdir are required")
+  except (flags.Error, ValueError, AttributeError, KeyError) as e:
+    # config_flags reports a bad --config.X override as one of these.
+    print(f"{prog}: {e}\nusage: {prog} --config configs/quickstart.py --workdir DIR "
+          "[--config.FIELD=VALUE ...]", file=sys.stderr)
+    return 2
+  _setup_logging(fv.log_level)
+  config = config_flag.value
+  try:
+    setup = distributed.resolve(fv.coordinator_address, fv.num_processes, fv.process_id,
+                                auto=fv.distributed)
+  except ValueError as e:
+    print(f"{prog}: {e}", file=sys.stderr)
+    return 2
+  distributed.initialize(setup)
+  from dwm_jax.train.loop import NonFiniteLossError  # pylint: disable=import-outside-toplevel
+  try:
+    summary = train_and_evaluate(config, fv.workdir)
+  except validate.ConfigError as e:
+    print(f"{prog}: {e}", file=sys.stderr)
+    return 2
+  except NonFiniteLossError as e:
+    log.error("%s", e)
+    return 1
+  if "probe" in summary:
+    log.info("probe: %s", json.dumps(summary["probe"]))
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,121 @@
+"""BEiT block masking (``microsoft/unilm``, ``beit/masking_generator.py``), exact count.
+
+Rectangles are added until K patches are masked. Matched from ``MaskingGenerator`` (``height`` =
+frequency rows ``Fp``, ``width`` = time columns ``Tp``):
+
+* one block call (``_mask``) makes up to 10 attempts; each draws ``area ~ U(min_num_patches,
+  max_mask)`` with ``max_mask = min(K - count, max_num_patches)``, ``aspect = exp(U(log lo,
+  log hi))``, ``h = round(sqrt(area * aspect))``, ``w = round(sqrt(area / aspect))`` (round half to
+  even, as Python's ``round``), and only proceeds when ``w < Tp and h < Fp`` (strict, so a block
+  never spans a whole axis); ``top ~ U{0..Fp-h}``, ``left ~ U{0..Tp-w}``;
+* the attempt is accepted when the rectangle adds ``0 < new <= max_mask`` patches (so the count
+  never overshoots K); a call ends at its first accepted attempt;
+* blocks are added while ``count < K``; a call with 10 rejected attempts stops the row.
+
+The reference may stop short of K (always on grids with one row or one column, where no block
+fits); the remainder is filled uniformly among the unmasked patches, as the issue requires.
+
+Vectorised over the batch: one ``while_loop`` step is one attempt for every row, with per-row
+state (mask, count, failed attempts in the current call, done). It stops when every row is done;
+it is bounded by ``10 * (K + 1)`` steps (each accepted block adds at least one patch).
+
+Hint: the usual hint swap (``hint.py``); at ``hint >= 1`` it is plain random masking.
+"""
+from __future__ import annotations
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+
+from dwm_jax.masking import ops
+from dwm_jax.masking.hint import hint_swap
+from dwm_jax.masking.registry import register
+from dwm_jax.patching import Grid
+
+ATTEMPTS = 10  # per block call, as in BEiT
+
+
+def beit_blocks(key: jax.Array, batch: int, grid: Grid, num_masked: int | jnp.ndarray, *,
+                min_num_patches: float = 4, max_num_patches: int | None = None,
+                min_aspect: float = 0.3, max_aspect: float | None = None) -> jnp.ndarray:
+  """BEiT's block mask per row (may hold fewer than ``num_masked``): ``bool [B, N]``.
+
+  ``num_masked`` may be traced: the loop never needs it as a shape, so eager callers compile the
+  loop once per grid rather than once per ratio.
+  """
+  if not min_aspect > 0.0:
+    raise ValueError(f"block min_aspect must be > 0, got {min_aspect}")
+  max_aspect = max_aspect or 1.0 / min_aspect
+  if not min_aspect <= max_aspect:
+    raise ValueError(f"block aspect range must satisfy 0 < min_aspect <= max_aspect, got "
+                     f"({min_aspect}, {max_aspect})")
+  return _beit_blocks(key, jnp.asarray(num_masked, jnp.int32), batch=batch, grid=grid,
+                      min_num_patches=float(min_num_patches), max_num_patches=max_num_patches,
+                      log_aspect=(math.log(min_aspect), math.log(max_aspect)))
+
+
+@functools.partial(jax.jit, static_argnames=("batch", "grid", "min_num_patches",
+                                             "max_num_patches", "log_aspect"))
+def _beit_blocks(key: jax.Array, num_masked: jnp.ndarray, *, batch: int, grid: Grid,
+                 min_num_patches: float, max_num_patches: int | None,
+                 log_aspect: tuple[float, float]) -> jnp.ndarray:
+  max_patches = num_masked if max_num_patches is None else jnp.int32(max_num_patches)
+  log_lo, log_hi = log_aspect
+  height, width = grid.freq, grid.time
+  rows = jnp.arange(height)[None, :, None]
+  cols = jnp.arange(width)[None, None, :]
+
+  def attempt(state):
+    step, key, mask, count, fails, done = state
+    key, sub = jax.random.split(key)
+    u_area, u_aspect, u_top, u_left = ops.uniform_noise(sub, (4, batch))
+    max_mask = jnp.minimum(num_masked - count, max_patches).astype(jnp.float32)
+    area = min_num_patches + (max_mask - min_num_patches) * u_area
+    aspect = jnp.exp(log_lo + (log_hi - log_lo) * u_aspect)
+    h = jnp.round(jnp.sqrt(area * aspect)).astype(jnp.int32)
+    w = jnp.round(jnp.sqrt(area / aspect)).astype(jnp.int32)
+    fits = (w < width) & (h < height)
+    top = jnp.floor(u_top * jnp.maximum(height - h + 1, 1)).astype(jnp.int32)
+    left = jnp.floor(u_left * jnp.maximum(width - w + 1, 1)).astype(jnp.int32)
+    top, left, h, w = (v[:, None, None] for v in (top, left, h, w))
+    rect = (rows >= top) & (rows < top + h) & (cols >= left) & (cols < left + w)
+    new = rect & ~mask
+    n_new = jnp.sum(new, axis=(1, 2))
+    ok = ~done & fits & (n_new > 0) & (n_new <= max_mask)
+    mask = mask | (new & ok[:, None, None])
+    count = count + jnp.where(ok, n_new, 0)
+    fails = jnp.where(ok, 0, fails + (~done).astype(jnp.int32))
+    done = done | (count >= num_masked) | (fails >= ATTEMPTS)
+    return step + 1, key, mask, count, fails, done
+
+  def running(state):
+    step, *_, done = state
+    return (step < ATTEMPTS * (num_masked + 1)) & ~jnp.all(done)
+
+  zeros = jnp.zeros((batch,), jnp.int32)
+  init = (jnp.int32(0), key, jnp.zeros((batch, height, width), bool), zeros, zeros,
+          jnp.zeros((batch,), bool))
+  _, _, mask, *_ = jax.lax.while_loop(running, attempt, init)
+  return mask.reshape(batch, grid.num_patches)
+
+
+@register("block", min_num_patches=4, max_num_patches=None, min_aspect=0.3, max_aspect=None)
+def block_masking(key: jax.Array, patches: jnp.ndarray, *, grid: Grid, num_masked: int,
+                  hint: float | jnp.ndarray = 0.0, ratio: float | None = None,
+                  min_num_patches: float = 4, max_num_patches: int | None = None,
+                  min_aspect: float = 0.3, max_aspect: float | None = None) -> jnp.ndarray:
+  """BEiT block masking finished to K. ``patches: [B, N, P]`` (shape only) -> ``bool [B, N]``.
+
+  Options as BEiT's ``MaskingGenerator``: ``min_num_patches`` (smallest block area drawn),
+  ``max_num_patches`` (largest, default K), ``min_aspect`` / ``max_aspect`` (default
+  ``1 / min_aspect``) bound the log-uniform height/width ratio.
+  """
+  del ratio
+  k_blocks, k_fill, k_hint = jax.random.split(key, 3)
+  blocks = beit_blocks(k_blocks, patches.shape[0], grid, num_masked,
+                       min_num_patches=min_num_patches, max_num_patches=max_num_patches,
+                       min_aspect=min_aspect, max_aspect=max_aspect)
+  mask = ops.fill_to_count(k_fill, blocks, num_masked)
+  return hint_swap(k_hint, mask, num_masked, hint)

@@ -1,0 +1,45 @@
+"""Whole time-column masking (M2D's 1-D frame masking on the patch grid), exact count.
+
+Audio events are localised in time, so hiding whole time steps (every frequency band of a column)
+forces the model to infer content from neighbouring frames rather than from other bands of the
+same frame. ``K = q * Fp + r``: ``q`` whole columns chosen uniformly, plus ``r`` patches of one
+more uniformly chosen column (rows chosen uniformly), i.e. the over-full last column is trimmed
+uniformly. ``Fp = 1`` reduces to random masking of single columns.
+
+M2D's ``random_1d_mask`` drops spans of consecutive frames at random starts until the target is
+reached and then unmasks from the tail; here columns are independent (span 1) and the remainder is
+trimmed uniformly within one column, which keeps the law symmetric over time positions.
+
+Hint: the usual hint swap (``hint.py``); at ``hint >= 1`` it is plain random masking.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from dwm_jax.masking import ops
+from dwm_jax.masking.hint import hint_swap
+from dwm_jax.masking.registry import register
+from dwm_jax.patching import Grid
+
+
+def column_mask(key: jax.Array, batch: int, grid: Grid, num_masked: int) -> jnp.ndarray:
+  """``num_masked // Fp`` whole columns + the remainder in one more column: ``bool [B, N]``."""
+  full, rest = divmod(num_masked, grid.freq)
+  k_col, k_row = jax.random.split(key)
+  col_rank = ops.ranks(ops.uniform_noise(k_col, (batch, grid.time)))     # [B, Tp]
+  row_rank = ops.ranks(ops.uniform_noise(k_row, (batch, grid.freq)))     # [B, Fp]
+  whole = col_rank < full                                                # [B, Tp]
+  partial = (col_rank == full)[:, None, :] & (row_rank < rest)[:, :, None]  # [B, Fp, Tp]
+  mask = whole[:, None, :] | partial
+  return mask.reshape(batch, grid.num_patches)
+
+
+@register("time")
+def time_masking(key: jax.Array, patches: jnp.ndarray, *, grid: Grid, num_masked: int,
+                 hint: float | jnp.ndarray = 0.0, ratio: float | None = None) -> jnp.ndarray:
+  """Time-column masking. ``patches: [B, N, P]`` (shape only) -> ``bool [B, N]``, exactly K."""
+  del ratio
+  k_cols, k_hint = jax.random.split(key)
+  mask = column_mask(k_cols, patches.shape[0], grid, num_masked)
+  return hint_swap(k_hint, mask, num_masked, hint)

@@ -1,0 +1,64 @@
+"""AudioMAE-style time + frequency masking (``random_masking_2d``), finished to an exact count.
+
+AudioMAE masks ``T - int(T * (1 - pt))`` uniformly chosen time columns and
+``F - int(F * (1 - pf))`` uniformly chosen frequency rows (the union is hidden; the counts follow
+its ``len_keep = int(n * (1 - p))`` rounding). The union rarely has exactly K patches, so each row
+is then trimmed (uniformly among its masked patches) or filled (uniformly among the others) to
+exactly ``K = N - int(N * (1 - ratio))``.
+
+Defaults: ``time_ratio = freq_ratio = None`` means ``1 - sqrt(1 - ratio)`` for both, the equal
+split whose union covers ``ratio`` of the grid before rounding, so the trim/fill stays small and
+the mask keeps its stripe structure. Pass explicit fractions in [0, 1] to reproduce AudioMAE's
+fine-tuning settings (e.g. 0.2 / 0.2 for AudioSet).
+
+Hint: the usual hint swap (``hint.py``); at ``hint >= 1`` it is plain random masking.
+"""
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+
+from dwm_jax.masking import ops
+from dwm_jax.masking.hint import hint_swap
+from dwm_jax.masking.registry import register
+from dwm_jax.patching import Grid, num_masked as masked_count
+
+
+def stripe_ratio(ratio: float) -> float:
+  """Per-axis fraction ``1 - sqrt(1 - ratio)`` whose time x frequency union covers ``ratio``."""
+  return 1.0 - math.sqrt(1.0 - ratio)
+
+
+def stripes(key: jax.Array, batch: int, grid: Grid, n_cols: int, n_rows: int) -> jnp.ndarray:
+  """Union of ``n_cols`` uniform time columns and ``n_rows`` uniform frequency rows: ``[B, N]``."""
+  k_col, k_row = jax.random.split(key)
+  cols = ops.ranks(ops.uniform_noise(k_col, (batch, grid.time))) < n_cols   # [B, Tp]
+  rows = ops.ranks(ops.uniform_noise(k_row, (batch, grid.freq))) < n_rows   # [B, Fp]
+  return (rows[:, :, None] | cols[:, None, :]).reshape(batch, grid.num_patches)
+
+
+def _fraction(name: str, value: float | None, default: float) -> float:
+  value = default if value is None else float(value)
+  if not 0.0 <= value <= 1.0:
+    raise ValueError(f"time_frequency {name} must be in [0, 1], got {value}")
+  return value
+
+
+@register("time_frequency", time_ratio=None, freq_ratio=None)
+def time_frequency_masking(key: jax.Array, patches: jnp.ndarray, *, grid: Grid, num_masked: int,
+                           hint: float | jnp.ndarray = 0.0, ratio: float | None = None,
+                           time_ratio: float | None = None,
+                           freq_ratio: float | None = None) -> jnp.ndarray:
+  """Time + frequency stripes, trimmed/filled to K. ``patches: [B, N, P]`` -> ``bool [B, N]``."""
+  if ratio is None:
+    ratio = num_masked / grid.num_patches
+  default = stripe_ratio(ratio)
+  pt = _fraction("time_ratio", time_ratio, default)
+  pf = _fraction("freq_ratio", freq_ratio, default)
+  k_stripes, k_fill, k_hint = jax.random.split(key, 3)
+  union = stripes(k_stripes, patches.shape[0], grid, masked_count(grid.time, pt),
+                  masked_count(grid.freq, pf))
+  mask = ops.fill_to_count(k_fill, union, num_masked)
+  return hint_swap(k_hint, mask, num_masked, hint)

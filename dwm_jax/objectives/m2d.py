@@ -1,0 +1,88 @@
+"""Masked Modeling Duo (M2D), the DWM paper's framework.
+
+The online encoder sees the visible patches; the predictor fills mask tokens at the masked
+positions and predicts their representations. The target is an EMA copy of the encoder blocks and
+final norm, run over the **masked patches only** (embedded by the online patch embedding and CLS,
+no gradient). Loss: mean over masked patches of ``2 - 2 cos(pred, target)`` (M2D's ``norm_mse``).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from dwm_jax.masking import MaskIds
+from dwm_jax.models import MaskedPredictor, ViTEncoder, encoder_from_config, gather_tokens
+from dwm_jax.models.vit import as_dtype
+
+# Encoder parameters that the target takes from the online encoder rather than its EMA copy.
+ONLINE_ONLY = ("patch_embed", "cls_token")
+
+
+def cosine_loss(pred: jnp.ndarray, target: jnp.ndarray) -> jnp.ndarray:
+  """``2 - 2 cos`` per token in float32: ``[B, K, D], [B, K, D] -> [B, K]``."""
+  p = pred.astype(jnp.float32)
+  t = target.astype(jnp.float32)
+  # eps inside the sqrt keeps the gradient finite at a zero vector (F.normalize clamps likewise).
+  p = p * jax.lax.rsqrt(jnp.sum(p * p, -1, keepdims=True) + 1e-12)
+  t = t * jax.lax.rsqrt(jnp.sum(t * t, -1, keepdims=True) + 1e-12)
+  return 2.0 - 2.0 * jnp.sum(p * t, axis=-1)
+
+
+@dataclasses.dataclass(frozen=True)
+class M2D:
+  encoder: ViTEncoder
+  predictor: MaskedPredictor
+  name: str = "m2d"
+  uses_target: bool = True
+
+  def init(self, key: jax.Array, patches: jnp.ndarray, ids: MaskIds) -> dict[str, Any]:
+    """Parameters ``{'encoder', 'predictor'}`` for inputs shaped like ``patches: [B, N, P]``."""
+    k_enc, k_pred = jax.random.split(key)
+    enc = self.encoder.init(k_enc, patches, ids.ids_keep)["params"]
+    tokens = self.encoder.apply({"params": enc}, patches, ids.ids_keep)
+    pred = self.predictor.init(k_pred, tokens, ids.ids_restore)["params"]
+    return {"encoder": enc, "predictor": pred}
+
+  def init_target(self, params: dict[str, Any]) -> dict[str, Any]:
+    """The EMA target starts as a copy of the online encoder blocks and norm."""
+    return {k: v for k, v in params["encoder"].items() if k not in ONLINE_ONLY}
+
+  def target_params_of(self, params: dict[str, Any]) -> dict[str, Any]:
+    """The online counterpart of the target tree (what the EMA follows)."""
+    return self.init_target(params)
+
+  def targets(self, params: dict[str, Any], target_params: dict[str, Any], patches: jnp.ndarray,
+              ids: MaskIds) -> jnp.ndarray:
+    """Target representations of the masked patches ``[B, K, D]`` (no gradient)."""
+    online = jax.lax.stop_gradient(params["encoder"])
+    tokens = self.encoder.apply({"params": online}, patches, method="embed")
+    tokens = gather_tokens(tokens, ids.ids_masked)
+    tree = {**target_params, **{k: online[k] for k in ONLINE_ONLY}}
+    out = self.encoder.apply({"params": jax.lax.stop_gradient(tree)}, tokens,
+                             method="encode_tokens")
+    return jax.lax.stop_gradient(out[:, 1:])
+
+  def loss(self, params: dict[str, Any], target_params: dict[str, Any], patches: jnp.ndarray,
+           ids: MaskIds, *, rng: jax.Array, train: bool = True
+           ) -> tuple[jnp.ndarray, dict[str, jnp.ndarray]]:
+    """``patches: [B, N, P]`` -> (scalar loss, aux). Mean of ``2 - 2 cos`` over masked patches."""
+    rngs = {"dropout": rng}
+    tokens = self.encoder.apply({"params": params["encoder"]}, patches, ids.ids_keep,
+                                train=train, rngs=rngs)
+    pred = self.predictor.apply({"params": params["predictor"]}, tokens, ids.ids_restore)
+    pred = gather_tokens(pred, ids.ids_masked)
+    target = self.targets(params, target_params, patches, ids)
+    per_patch = cosine_loss(pred, target)
+    return jnp.mean(per_patch), {"target_std": jnp.mean(jnp.std(target.astype(jnp.float32), 1))}
+
+
+def from_config(config) -> M2D:
+  encoder = encoder_from_config(config.model)
+  o = config.objective
+  predictor = MaskedPredictor(grid=encoder.grid, out_dim=encoder.width,
+                              width=int(o.predictor_dim), depth=int(o.predictor_depth),
+                              heads=int(o.predictor_heads), dtype=as_dtype(config.model.dtype))
+  return M2D(encoder, predictor)

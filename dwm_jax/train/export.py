@@ -1,0 +1,45 @@
+"""``dwm-jax export --workdir W --out F``: the encoder alone, for downstream use.
+
+The file holds the encoder parameters, the model config that rebuilds the encoder and the
+log-mel normalization statistics (``dwm_jax.evaluate.encoder`` format); load it with
+``dwm_jax.evaluate.encoder.load_encoder(F)``. No optimizer state, no EMA target, no predictor.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from dwm_jax.train.checkpoint import restore_encoder
+
+log = logging.getLogger(__name__)
+
+
+def export(workdir: str, out: str, *, step: int | None = None) -> str:
+  """Writes the encoder of ``workdir``'s latest (or ``step``) checkpoint to ``out``."""
+  from dwm_jax.data.pipeline import norm_stats  # pylint: disable=import-outside-toplevel
+  from dwm_jax.evaluate.encoder import save_encoder  # pylint: disable=import-outside-toplevel
+
+  config, params = restore_encoder(workdir, step)
+  mean, std = norm_stats(config.data)
+  return save_encoder(out, model_cfg=config.model, params=params, norm_mean=mean, norm_std=std)
+
+
+def main(argv: list[str] | None = None) -> int:
+  p = argparse.ArgumentParser(prog="dwm-jax export", description=__doc__.split("\n")[0])
+  p.add_argument("--workdir", required=True, help="pretraining workdir")
+  p.add_argument("--out", required=True, help="output file (e.g. encoder.msgpack)")
+  p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+  args = p.parse_args(argv)
+  logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+  try:
+    path = export(args.workdir, args.out, step=args.step)
+  except (FileNotFoundError, ValueError) as e:
+    print(f"dwm-jax export: error: {e}", file=sys.stderr)
+    return 2
+  print(f"wrote {path}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

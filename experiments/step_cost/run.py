@@ -1,0 +1,170 @@
+"""Train-step cost per masking strategy and model size (issue 4's benchmark).
+
+For each size (tiny, small, base) and strategy: median time of the pmapped M2D train step with
+the mask sampled inside it, clips/s, the share of the step spent sampling (vs the same step fed a
+precomputed mask), the informed strategy's overhead as a ratio to random masking, and achieved
+FLOP/s (XLA's cost analysis of the step) against a large matmul's FLOP/s measured in the same run.
+
+  python experiments/step_cost/run.py            # tiny/small/base, every strategy
+  python experiments/step_cost/run.py --small    # tiny only, 3 strategies, quick
+Writes results.csv, results.md and step_time.png under --out.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import statistics
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dwm_jax import masking, patching
+from dwm_jax.config import base_config
+from dwm_jax.train import state as state_lib, step as step_lib
+
+CPU_BATCH = {"tiny": 32, "small": 16, "base": 4, "large": 2}  # global batch on CPU
+ACCEL_BATCH = {"tiny": 256, "small": 256, "base": 128, "large": 64}
+
+
+def timed(fn, steps: int) -> float:
+  """Median seconds of ``fn()`` (which blocks) over ``steps`` calls after one warm-up."""
+  fn()
+  times = []
+  for _ in range(steps):
+    t = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - t)
+  return statistics.median(times)
+
+
+def matmul_flops_per_s(n: int, steps: int) -> float:
+  a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+  b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
+  mm = jax.jit(lambda x, y: x @ y)
+  return 2 * n ** 3 / timed(lambda: mm(a, b).block_until_ready(), steps)
+
+
+def config_for(size: str, strategy: str, batch: int):
+  c = base_config()
+  c.model.name = size
+  c.mask.name = strategy
+  c.batch_size = batch
+  return c
+
+
+def bench_size(size: str, strategies: list[str], batch: int, steps: int) -> list[dict]:
+  n_dev = jax.local_device_count()
+  total, per_epoch = 10_000, 100
+  c = config_for(size, "random", batch)
+  host_state = state_lib.create_train_state(c, jax.random.key(0), total_steps=total,
+                                            steps_per_epoch=per_epoch)
+  grid = patching.grid_for(tuple(c.model.input_shape), tuple(c.model.patch_size))
+  x = np.random.default_rng(0).normal(size=(batch,) + tuple(c.model.input_shape))
+  x = x.astype(np.float32)
+  key = jax.random.key(1)
+  mask = masking.sample("random", key, patching.patchify(jnp.asarray(x), (16, 16)), grid=grid,
+                        ratio=float(c.mask.ratio))
+  rows = []
+
+  def run(cfg, precomputed: bool) -> float:
+    fn = step_lib.make_pmapped_train_step(cfg, total_steps=total, steps_per_epoch=per_epoch,
+                                          precomputed_mask=precomputed)
+    batch_in = {"logmel": x, "mask": np.asarray(mask)} if precomputed else {"logmel": x}
+    batch_in = step_lib.shard(batch_in)
+    holder = [step_lib.replicate(host_state)]
+
+    def one():
+      holder[0], m = fn(holder[0], batch_in, key, 0.5)
+      jax.block_until_ready(m["loss"])
+
+    return timed(one, steps)
+
+  # Per-device FLOPs of the step's model compute (precomputed-mask step, one device's shard).
+  single = jax.jit(step_lib.make_train_step(c, total_steps=total, steps_per_epoch=per_epoch,
+                                            precomputed_mask=True, axis_name=None))
+  local = {"logmel": jnp.asarray(x[:batch // n_dev]), "mask": mask[:batch // n_dev]}
+  cost = single.lower(host_state, local, key, jnp.float32(0.5)).compile().cost_analysis()
+  cost = cost[0] if isinstance(cost, list) else cost
+  flops = float(cost.get("flops", float("nan"))) * n_dev
+
+  t_pre = run(c, True)
+  for s in strategies:
+    t = run(config_for(size, s, batch), False)
+    rows.append(dict(size=size, strategy=s, batch=batch, devices=n_dev, step_s=t,
+                     precomputed_step_s=t_pre, clips_per_s=batch / t,
+                     mask_share=(t - t_pre) / t, step_flops=flops, flops_per_s=flops / t))
+    print(f"{size:6s} {s:15s} step {t * 1e3:9.2f} ms  pre {t_pre * 1e3:9.2f} ms  "
+          f"share {rows[-1]['mask_share']:+.3f}", flush=True)
+  return rows
+
+
+def write(rows: list[dict], peak: float, out: Path, device: str) -> None:
+  out.mkdir(parents=True, exist_ok=True)
+  for r in rows:
+    r["mfu"] = r["flops_per_s"] / peak
+    base = [q for q in rows if q["size"] == r["size"] and q["strategy"] == "random"]
+    r["vs_random"] = r["step_s"] / base[0]["step_s"] if base else float("nan")
+  with open(out / "results.csv", "w", newline="") as f:
+    w = csv.DictWriter(f, fieldnames=list(rows[0]))
+    w.writeheader()
+    w.writerows(rows)
+  lines = [f"Device: {device}; matmul peak {peak / 1e9:.1f} GFLOP/s (float32).", "",
+           "| size | strategy | batch | step ms | precomputed ms | clips/s | mask share | "
+           "x random | GFLOP/s | MFU |", "|---|---|---|---|---|---|---|---|---|---|"]
+  for r in rows:
+    lines.append(f"| {r['size']} | {r['strategy']} | {r['batch']} | {r['step_s'] * 1e3:.1f} | "
+                 f"{r['precomputed_step_s'] * 1e3:.1f} | {r['clips_per_s']:.1f} | "
+                 f"{r['mask_share'] * 100:+.1f}% | {r['vs_random']:.3f} | "
+                 f"{r['flops_per_s'] / 1e9:.1f} | {r['mfu'] * 100:.0f}% |")
+  (out / "results.md").write_text("\n".join(lines) + "\n")
+  print("\n".join(lines))
+
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  sizes = sorted({r["size"] for r in rows}, key=list(CPU_BATCH).index)
+  strategies = list(dict.fromkeys(r["strategy"] for r in rows))
+  fig, axes = plt.subplots(1, len(sizes), figsize=(4.5 * len(sizes), 3.5), squeeze=False)
+  for ax, size in zip(axes[0], sizes):
+    rs = [next(r for r in rows if r["size"] == size and r["strategy"] == s) for s in strategies]
+    ax.bar(strategies, [r["step_s"] * 1e3 for r in rs])
+    ax.axhline(rs[0]["precomputed_step_s"] * 1e3, color="k", ls="--", lw=1,
+               label="precomputed mask")
+    ax.set_title(f"{size} (batch {rs[0]['batch']})")
+    ax.set_ylabel("train step, ms (median)")
+    ax.tick_params(axis="x", rotation=60)
+    ax.legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(out / "step_time.png", dpi=120)
+
+
+def main(argv=None) -> int:
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument("--sizes", default="tiny,small,base")
+  p.add_argument("--strategies", default=",".join(masking.names()))
+  p.add_argument("--steps", type=int, default=5)
+  p.add_argument("--batch", type=int, default=0, help="global batch (0: per-size default)")
+  p.add_argument("--small", action="store_true", help="tiny only, random/dwm/informed, 3 steps")
+  p.add_argument("--out", default=str(Path(__file__).parent / "results"))
+  a = p.parse_args(argv)
+  sizes, strategies, steps = a.sizes.split(","), a.strategies.split(","), a.steps
+  if a.small:
+    sizes, strategies, steps = ["tiny"], ["random", "dwm", "informed"], 3
+  on_cpu = jax.default_backend() == "cpu"
+  batches = CPU_BATCH if on_cpu else ACCEL_BATCH
+  device = f"{jax.devices()[0].device_kind} x{jax.local_device_count()} ({jax.default_backend()})"
+  peak = matmul_flops_per_s(2048 if on_cpu else 8192, steps)
+  rows = []
+  for size in sizes:
+    batch = a.batch or batches[size]
+    batch -= batch % jax.local_device_count()
+    rows += bench_size(size, strategies, batch, steps)
+  write(rows, peak, Path(a.out), device)
+  return 0
+
+
+if __name__ == "__main__":
+  raise SystemExit(main())

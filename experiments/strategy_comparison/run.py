@@ -1,0 +1,364 @@
+"""Pretrain the same small model with every masking strategy, then linear-probe each encoder.
+
+  python experiments/strategy_comparison/run.py                      # CPU default (quickstart size)
+  python experiments/strategy_comparison/run.py --tiny               # seconds: the test-suite size
+  python experiments/strategy_comparison/run.py --scale gpu          # a GPU host
+  python experiments/strategy_comparison/run.py --data DIR --task DIR/labels.csv   # your data
+
+Per strategy (same config, steps and seed; only ``mask.name`` / ``mask.options`` differ): one
+``dwm_jax.main.train_and_evaluate`` run in ``OUT/runs/<strategy>``, then the linear probe of its
+encoder on the task suite (synthetic event / pitch / timbre tasks on clips drawn with another
+seed, plus any ``--task`` CSVs). Baselines on the same suite: a random-init encoder and log-mel
+statistics. Outputs: ``OUT/results.{csv,md,json,png}``.
+
+Mask-sampling share = median time of the jitted mask sampler on one global batch (for
+``informed``: including its no-gradient encoder forward), at hint 0 (the strategy fully on),
+divided by the steady-state wall time of a pretraining step (compilation excluded; data loading,
+logging and checkpoint saves included), from the run's logged clips/s.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+
+import numpy as np
+
+# Run as a script from anywhere: the repository root on the path, like `pip install -e .`.
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+if ROOT not in sys.path:
+  sys.path.insert(0, ROOT)
+
+log = logging.getLogger("strategy_comparison")
+
+# The paper's strategies, as ``dwm_jax.config.MASK_PRESETS`` names them.
+STRATEGIES = ("random", "inverse_block", "dwm", "dwm_var", "dwm_topk", "informed")
+LABELS = {"random": "random", "inverse_block": "inverse block", "dwm": "DWM (MAD)",
+          "dwm_var": "DWM (variance)", "dwm_topk": "DWM top-k", "informed": "informed"}
+
+
+def base_config(scale: str):
+  """The shared pretraining config for ``scale`` in tiny | cpu | gpu."""
+  import importlib.util
+  # By path: `configs` is not a package (and a tests/configs package may shadow the name).
+  spec = importlib.util.spec_from_file_location(
+      "quickstart_config", os.path.join(ROOT, "configs", "quickstart.py"))
+  quickstart = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(quickstart)
+  c = quickstart.get_config()
+  c.probe.after_pretrain = False  # probed here, on one shared task suite
+  c.mask_png_every_steps = 0
+  if scale == "tiny":  # the test suite's size: seconds per strategy
+    c.model.input_shape = (80, 64)
+    c.data.crop_frames = 64
+    c.model.width, c.model.depth, c.model.heads, c.model.mlp_dim = 32, 1, 2, 64
+    c.objective.predictor_depth, c.objective.predictor_dim, c.objective.predictor_heads = 1, 32, 2
+    c.data.synthetic.num_clips, c.data.synthetic.seconds = 16, 0.64
+    c.batch_size, c.total_steps, c.epochs = 8, 3, 1
+    c.mask.hint.start_epoch = 0.0
+    c.checkpoint.every_steps, c.log_every_steps = 3, 1
+  elif scale == "gpu":  # ViT-S on full 6.08 s inputs, 100 epochs of 8192 clips
+    c.model.name = "small"
+    c.model.input_shape = (80, 608)
+    c.model.depth = 12
+    c.data.crop_frames = 608
+    c.objective.predictor_depth, c.objective.predictor_dim, c.objective.predictor_heads = 4, 384, 6
+    c.data.synthetic.num_clips, c.data.synthetic.seconds = 8192, 6.08
+    c.data.num_workers = 8
+    c.batch_size, c.epochs = 256, 100
+    c.optim.base_lr = 3e-4
+    c.optim.warmup_epochs = 10.0
+    c.mask.hint.start_epoch = 20.0
+    c.checkpoint.every_steps, c.log_every_steps = 1000, 100
+  elif scale != "cpu":
+    raise ValueError(f"unknown scale {scale!r}; valid: tiny, cpu, gpu")
+  return c
+
+
+PROBE_CLIPS = {"tiny": 30, "cpu": 600, "gpu": 2000}
+
+
+def use_folder(c, folder: str) -> None:
+  """Pretrain on a prepared folder: ``files.csv`` of ``.npy`` log-mels, or audio files."""
+  csv_path = os.path.join(folder, "files.csv")
+  if os.path.isfile(csv_path):
+    with open(csv_path, newline="") as f:
+      first = next(csv.DictReader(f), {}).get("file_name", "")
+    c.data.source = "npy" if first.endswith(".npy") else "audio"
+    c.data.csv = csv_path
+    stats = os.path.join(folder, "stats.json")
+    if os.path.isfile(stats) and "stats" in c.data:
+      c.data.stats = stats
+  elif os.path.isdir(folder):
+    c.data.source, c.data.root = "audio", folder
+  else:
+    raise FileNotFoundError(f"--data {folder!r} is not a folder")
+
+
+def apply_overrides(c, items: list[str]) -> None:
+  """``--set optim.base_lr=1e-3``: any config field, parsed as a Python literal when possible."""
+  import ast
+  for item in items:
+    key, sep, value = item.partition("=")
+    if not sep:
+      raise ValueError(f"--set {item!r}: expected FIELD=VALUE")
+    try:
+      parsed = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+      parsed = value
+    node = c
+    *path, last = key.split(".")
+    for p in path:
+      node = node[p]
+    if last not in node:
+      raise ValueError(f"--set {key}: no such config field")
+    node[last] = parsed
+
+
+def strategy_config(base, strategy: str):
+  from dwm_jax import config as config_lib
+  c = base.copy_and_resolve_references()
+  config_lib.apply_mask_preset(c, strategy)
+  return c
+
+
+def mask_seconds(config, workdir: str, repeats: int = 10) -> float:
+  """Median seconds of one jitted mask sample on a global batch of the run's own data.
+
+  ``informed`` also runs its no-gradient encoder forward, with the run's final parameters.
+  """
+  import jax
+  import jax.numpy as jnp
+  from dwm_jax import objectives, patching
+  from dwm_jax.data import pipeline
+  from dwm_jax.train import step as step_lib
+  from dwm_jax.train.checkpoint import restore_encoder
+
+  loader = pipeline.make_pretrain_loader(
+      config.data, input_shape=tuple(config.model.input_shape),
+      global_batch_size=int(config.batch_size), seed=int(config.seed))
+  batch = next(iter(loader))
+  patches = patching.patchify(jnp.asarray(batch["logmel"], jnp.float32),
+                              tuple(config.model.patch_size))
+  objective, params = None, None
+  if step_lib.wants_features(config.mask.name):
+    objective = objectives.from_config(config)
+    params = {"encoder": restore_encoder(workdir)[1]}
+  fn = jax.jit(lambda k, p, prm: step_lib.sample_mask(config, k, p, 0.0, objective=objective,
+                                                      params=prm))
+  key = jax.random.key(0)
+  fn(key, patches, params).block_until_ready()  # compile
+  times = []
+  for i in range(repeats):
+    t = time.perf_counter()
+    fn(jax.random.fold_in(key, i), patches, params).block_until_ready()
+    times.append(time.perf_counter() - t)
+  return float(np.median(times))
+
+
+def pretrain(config, workdir: str, reuse: bool) -> dict:
+  """Runs (or reuses a finished) pretraining; returns its record with the wall time."""
+  from dwm_jax import main as main_lib
+  record_path = os.path.join(workdir, "comparison_run.json")
+  if reuse and os.path.isfile(record_path):
+    with open(record_path) as f:
+      record = json.load(f)
+    if record.get("config") == config.to_json_best_effort(sort_keys=True):
+      log.info("reusing the finished run in %s", workdir)
+      return record
+  if os.path.isdir(workdir):  # an unfinished or different run: start over for honest timings
+    shutil.rmtree(workdir)
+  t = time.perf_counter()
+  summary = main_lib.train_and_evaluate(config, workdir)
+  record = {"pretrain_seconds": time.perf_counter() - t, "steps": int(summary["step"]),
+            "train_seconds": float(summary["train_seconds"]),
+            "final_loss": summary.get("final_loss"),
+            "clips_per_sec": summary.get("clips_per_sec"), "batch_size": int(config.batch_size),
+            "config": config.to_json_best_effort(sort_keys=True)}
+  with open(record_path, "w") as f:
+    json.dump(record, f, indent=2)
+  return record
+
+
+def load_suite(args, base) -> list:
+  from dwm_jax.data.labeled import synthetic_tasks
+  from dwm_jax.evaluate.probe_cli import load_tasks
+  tasks = []
+  if not args.no_synthetic_tasks:
+    clips = args.probe_clips or PROBE_CLIPS[args.scale]
+    # Another seed than the pretraining clips: the probe sees sounds the encoder never did.
+    tasks += synthetic_tasks(clips, seed=int(base.data.synthetic.seed) + 1,
+                             seconds=float(base.data.synthetic.seconds))
+  tasks += load_tasks(args.task)
+  if not tasks:
+    raise ValueError("empty task suite: drop --no-synthetic-tasks or add --task CSVs")
+  return tasks
+
+
+def write_outputs(out: str, rows: list[dict], task_names: list[str], meta: dict) -> None:
+  fields = (["model"] + [f"{t}_mean" for t in task_names] + [f"{t}_std" for t in task_names]
+            + ["average", "pretrain_seconds", "sec_per_step", "mask_ms", "mask_share",
+               "final_loss"])
+  with open(os.path.join(out, "results.csv"), "w", newline="") as f:
+    w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+    w.writeheader()
+    for r in rows:
+      w.writerow({k: r.get(k, "") for k in fields})
+  with open(os.path.join(out, "results.json"), "w") as f:
+    json.dump({"meta": meta, "rows": rows}, f, indent=2)
+
+  def pct(r, t):
+    return f"{100 * r[t + '_mean']:.1f} ± {100 * r[t + '_std']:.1f}"
+
+  def opt(v, fmt):
+    return "" if v in ("", None) else fmt.format(v)
+
+  lines = [f"Setup: {meta['setup']}", "",
+           "| model | " + " | ".join(task_names) + " | average | pretrain s | s/step | "
+           "mask ms | mask share |",
+           "|---|" + "---:|" * (len(task_names) + 5)]
+  for r in rows:
+    lines.append(f"| {r['model']} | " + " | ".join(pct(r, t) for t in task_names)
+                 + f" | {100 * r['average']:.1f} | {opt(r.get('pretrain_seconds'), '{:.0f}')} | "
+                 f"{opt(r.get('sec_per_step'), '{:.3f}')} | {opt(r.get('mask_ms'), '{:.2f}')} | "
+                 f"{opt(r.get('mask_share'), '{:.1%}')} |")
+  table = "\n".join(lines) + "\n"
+  with open(os.path.join(out, "results.md"), "w") as f:
+    f.write(table)
+  print(table)
+  _plot(os.path.join(out, "results.png"), rows, task_names)
+
+
+def _plot(path: str, rows: list[dict], task_names: list[str]) -> None:
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  cols = task_names + ["average"]
+  fig, (ax, ax2) = plt.subplots(1, 2, figsize=(13, 4.5), gridspec_kw={"width_ratios": [3, 1.3]})
+  width = 0.8 / len(rows)
+  x = np.arange(len(cols))
+  for i, r in enumerate(rows):
+    vals = [100 * r[f"{t}_mean"] for t in task_names] + [100 * r["average"]]
+    errs = [100 * r[f"{t}_std"] for t in task_names] + [0.0]
+    ax.bar(x + (i - (len(rows) - 1) / 2) * width, vals, width, yerr=errs, label=r["model"],
+           capsize=2)
+  ax.set_xticks(x, cols)
+  ax.set_ylabel("linear-probe test accuracy (%)")
+  ax.legend(fontsize=8, ncol=2)
+  ax.grid(axis="y", alpha=0.3)
+  trained = [r for r in rows if r.get("sec_per_step")]
+  ax2.barh([r["model"] for r in trained], [r["sec_per_step"] for r in trained], color="0.7",
+           label="step")
+  ax2.barh([r["model"] for r in trained],
+           [r["sec_per_step"] * min(1.0, r["mask_share"]) for r in trained], color="C3",
+           label="mask sampling")
+  ax2.set_xlabel("seconds per pretraining step")
+  ax2.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p.add_argument("--out", default=os.path.join(ROOT, "experiments", "strategy_comparison",
+                                               "results"))
+  p.add_argument("--scale", choices=("tiny", "cpu", "gpu"), default="cpu")
+  p.add_argument("--tiny", action="store_const", const="tiny", dest="scale",
+                 help="the test-suite size (same as --scale tiny)")
+  p.add_argument("--strategies", default=",".join(STRATEGIES),
+                 help=f"comma-separated subset of {','.join(STRATEGIES)}")
+  p.add_argument("--steps", type=int, default=0, help="override the pretraining steps")
+  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--data", help="pretrain on this prepared folder instead of synthetic audio")
+  p.add_argument("--task", action="append", default=[], help="extra EVAR task CSV; repeatable")
+  p.add_argument("--no-synthetic-tasks", action="store_true")
+  p.add_argument("--probe-clips", type=int, default=0, help="clips of each synthetic task")
+  p.add_argument("--seeds", type=int, default=3, help="linear-probe seeds")
+  p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                 help="override any config field, e.g. --set model.depth=6")
+  p.add_argument("--no-reuse", action="store_true",
+                 help="retrain even if OUT/runs/<strategy> holds a finished run of this config")
+  args = p.parse_args(argv)
+  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s",
+                      datefmt="%H:%M:%S", force=True)
+  for name in ("absl", "orbax", "jax._src", "grain", "dwm_jax.train"):
+    logging.getLogger(name).setLevel(logging.WARNING)
+
+  strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
+  unknown = sorted(set(strategies) - set(STRATEGIES))
+  if unknown or not strategies:
+    p.error(f"unknown strategies {unknown}; valid: {', '.join(STRATEGIES)}")
+  base = base_config(args.scale)
+  base.seed = args.seed
+  if args.steps:
+    base.total_steps = args.steps
+  if args.data:
+    use_folder(base, args.data)
+  apply_overrides(base, args.set)
+  from dwm_jax import validate
+  validate.validate(strategy_config(base, strategies[0]))  # fail before any work
+
+  os.makedirs(args.out, exist_ok=True)
+  t0 = time.perf_counter()
+  tasks = load_suite(args, base)
+  task_names = [t.name for t in tasks]
+  log.info("task suite: %s", ", ".join(map(repr, tasks)))
+
+  from dwm_jax.evaluate.encoder import load_encoder, random_encoder
+  from dwm_jax.evaluate.probe import evaluate_tasks
+  from dwm_jax.evaluate.run import average
+
+  def row(model, results, **extra):
+    r = {"model": model, "average": average(results), **extra}
+    for t in task_names:
+      r[f"{t}_mean"], r[f"{t}_std"] = results[t]["mean"], results[t]["std"]
+    return r
+
+  m = base.model
+
+  def meta(steps) -> dict:
+    setup = (f"scale={args.scale}; ViT {m.name} (width {m.get('width') or 'default'}, depth "
+             f"{m.get('depth') or 'default'}) on {tuple(m.input_shape)} log-mel, M2D objective, "
+             f"mask ratio {base.mask.ratio}, hint schedule from epoch {base.mask.hint.start_epoch}"
+             f" (k={base.mask.hint.k}), batch {base.batch_size}, {steps} steps, seed {args.seed}; "
+             f"data: {args.data or f'synthetic ({base.data.synthetic.num_clips} clips)'}; probe: "
+             f"{len(tasks)} tasks, {args.seeds} seeds; total {time.perf_counter() - t0:.0f} s")
+    return {"setup": setup, "strategies": strategies, "tasks": task_names, "scale": args.scale,
+            "argv": list(argv if argv is not None else sys.argv[1:])}
+
+  # Baselines first; results are rewritten after every strategy, so a long run that is cut short
+  # still leaves the strategies it finished.
+  rnd = random_encoder(base.model, seed=args.seed)
+  baselines = [row("random-init encoder", evaluate_tasks(rnd, tasks, seeds=args.seeds)),
+               row("log-mel statistics", evaluate_tasks("logmel", tasks, seeds=args.seeds))]
+  rows = []
+  for s in strategies:
+    cfg = strategy_config(base, s)
+    workdir = os.path.join(args.out, "runs", s)
+    log.info("== %s: pretraining in %s", s, workdir)
+    rec = pretrain(cfg, workdir, reuse=not args.no_reuse)
+    # Steady-state step time (compilation excluded) when the run logged a rate.
+    per_step = (rec["batch_size"] / rec["clips_per_sec"] if rec.get("clips_per_sec")
+                else rec["train_seconds"] / max(1, rec["steps"]))
+    mask_s = mask_seconds(cfg, workdir)
+    encoder = load_encoder(workdir)
+    res = evaluate_tasks(encoder, tasks, seeds=args.seeds,
+                         cache_dir=os.path.join(args.out, "probe_cache"))
+    rows.append(row(LABELS[s], res, strategy=s, pretrain_seconds=rec["pretrain_seconds"],
+                    sec_per_step=per_step, mask_ms=1e3 * mask_s, mask_share=mask_s / per_step,
+                    final_loss=rec["final_loss"], steps=rec["steps"]))
+    log.info("%s: average %.1f%%, %.0f s pretraining, mask share %.1f%%", s,
+             100 * rows[-1]["average"], rec["pretrain_seconds"], 100 * mask_s / per_step)
+    write_outputs(args.out, rows + baselines, task_names, meta(rec["steps"]))
+  print(f"wrote {args.out}/results.csv, results.md, results.json, results.png")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,73 @@
+"""BEiT block masking: the same law as BEiT's MaskingGenerator, finished to exactly K."""
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from dwm_jax import masking
+from dwm_jax.masking import block
+from dwm_jax.patching import Grid
+
+from .grid_stats import neighbour_pairs
+
+
+def beit_reference(rng, grid, num_masking, min_num=4, min_aspect=0.3):
+  """BEiT's ``MaskingGenerator.__call__`` written from its description (numpy, one mask)."""
+  height, width = grid
+  lo, hi = math.log(min_aspect), math.log(1 / min_aspect)
+  mask = np.zeros(grid, bool)
+  count = 0
+  while count < num_masking:
+    max_mask = num_masking - count
+    delta = 0
+    for _ in range(10):
+      area = min_num + (max_mask - min_num) * rng.random()   # random.uniform allows a > b
+      aspect = math.exp(rng.uniform(lo, hi))
+      h, w = int(round(math.sqrt(area * aspect))), int(round(math.sqrt(area / aspect)))
+      if w < width and h < height:
+        top, left = rng.integers(0, height - h + 1), rng.integers(0, width - w + 1)
+        new = h * w - mask[top:top + h, left:left + w].sum()
+        if 0 < new <= max_mask:
+          mask[top:top + h, left:left + w] = True
+          delta = new
+      if delta > 0:
+        break
+    if delta == 0:
+      break
+    count += delta
+  return mask.reshape(-1)
+
+
+@pytest.mark.parametrize("grid,k", [((14, 14), 75), ((5, 38), 95)])
+def test_block_law_matches_beit(grid, k):
+  """Mean masked count before the fill and mean masked-neighbour pairs agree with BEiT's."""
+  rows = 1500
+  rng = np.random.default_rng(0)
+  ref = np.stack([beit_reference(rng, grid, k) for _ in range(rows)])
+  ours = np.asarray(block.beit_blocks(jax.random.key(0), rows, Grid(*grid), k))
+  assert ours.sum(-1).max() <= k    # never overshoots
+  for stat in (lambda m: m.sum(-1), lambda m: neighbour_pairs(m, grid)):
+    a, b = stat(ours).astype(float), stat(ref).astype(float)
+    se = np.sqrt(a.var() / rows + b.var() / rows)
+    assert abs(a.mean() - b.mean()) < 5 * se + 1e-9, (a.mean(), b.mean())
+
+
+def test_no_block_fits_a_single_row():
+  # BEiT needs h < height: on a one-row grid nothing is placed and the fill does everything.
+  assert not np.asarray(block.beit_blocks(jax.random.key(0), 8, Grid(1, 7), 4)).any()
+
+
+def test_masked_patches_form_blocks():
+  x = jnp.zeros((1000, 190, 1))
+  blk = np.asarray(masking.sample("block", jax.random.key(0), x, grid=(5, 38), ratio=0.5))
+  rnd = np.asarray(masking.sample("random", jax.random.key(0), x, grid=(5, 38), ratio=0.5))
+  assert (blk.sum(-1) == 95).all()
+  assert neighbour_pairs(blk, (5, 38)).mean() > 1.4 * neighbour_pairs(rnd, (5, 38)).mean()
+
+
+def test_bad_aspect():
+  with pytest.raises(ValueError, match="min_aspect"):
+    masking.sample("block", jax.random.key(0), jnp.zeros((1, 190, 1)), grid=(5, 38), ratio=0.5,
+                   min_aspect=0.0)

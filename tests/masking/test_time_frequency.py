@@ -1,0 +1,49 @@
+"""AudioMAE-style time + frequency stripes, trimmed/filled to exactly K."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from dwm_jax import masking
+from dwm_jax.masking import time_frequency
+from dwm_jax.patching import Grid
+
+
+def test_stripes_are_whole_rows_and_columns():
+  s = np.asarray(time_frequency.stripes(jax.random.key(0), 50, Grid(8, 64), 20, 3))
+  s = s.reshape(50, 8, 64)
+  assert ((s.all(1)).sum(-1) >= 20).all()         # >= : a column may also be full via rows
+  assert ((s.all(2)).sum(-1) == 3).all()
+  assert (s.sum((1, 2)) == 3 * 64 + 20 * 5).all()  # the union, counted once
+
+
+def test_audiomae_counts_and_default_split():
+  # AudioMAE: mask T - int(T * (1 - pt)) columns.
+  assert masking.get("time_frequency").defaults == {"time_ratio": None, "freq_ratio": None}
+  p = time_frequency.stripe_ratio(0.7)
+  assert 1 - (1 - p) ** 2 == pytest.approx(0.7)
+
+
+def test_columns_only_when_they_hit_k_exactly():
+  # (8, 64) at ratio 0.5: K = 256 = 32 whole columns, time_ratio 0.5 masks 64 - 32 = 32.
+  mask = np.asarray(masking.sample("time_frequency", jax.random.key(1), jnp.zeros((200, 512, 1)),
+                                   grid=(8, 64), ratio=0.5, time_ratio=0.5, freq_ratio=0.0))
+  per_col = mask.reshape(200, 8, 64).sum(1)
+  assert set(np.unique(per_col)) == {0, 8}
+  assert ((per_col == 8).sum(-1) == 32).all()
+
+
+def test_default_masks_mostly_whole_stripes():
+  rows = 500
+  mask = np.asarray(masking.sample("time_frequency", jax.random.key(2),
+                                   jnp.zeros((rows, 512, 1)), grid=(8, 64), ratio=0.7))
+  assert (mask.sum(-1) == 512 - int(512 * 0.3)).all()
+  g = mask.reshape(rows, 8, 64)
+  in_stripe = g & (g.mean(1, keepdims=True) > 0.7) | g & (g.mean(2, keepdims=True) > 0.7)
+  assert in_stripe.sum() / g.sum() > 0.9
+
+
+def test_bad_fraction():
+  with pytest.raises(ValueError, match="time_ratio must be in"):
+    masking.sample("time_frequency", jax.random.key(0), jnp.zeros((1, 190, 1)), grid=(5, 38),
+                   ratio=0.7, time_ratio=1.5)
