@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import sys
 from typing import Any, Sequence
 
@@ -93,11 +94,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   return summary
 
 
-def _flags(argv0: str) -> tuple[flags.FlagValues, Any]:
+def _flags(argv: list[str]) -> tuple[flags.FlagValues, Any]:
+  """Flags of one ``main`` call (a fresh ``FlagValues``: main can run many times in a process)."""
   fv = flags.FlagValues()
+  # config_flags finds the config file in ``sys_argv`` early, to define its --config.X flags.
   config = config_flags.DEFINE_config_file(
       "config", None, "config file, optionally with an argument: configs/m2d.py:mask=dwm",
-      flag_values=fv)
+      flag_values=fv, sys_argv=argv)
   flags.DEFINE_string("workdir", None, "run folder: checkpoints, logs, config, summary",
                       flag_values=fv)
   flags.DEFINE_string("coordinator_address", None,
@@ -111,8 +114,17 @@ def _flags(argv0: str) -> tuple[flags.FlagValues, Any]:
                     "SLURM, Open MPI)", flag_values=fv)
   flags.DEFINE_enum("log_level", "info", ["debug", "info", "warning"], "console log level",
                     flag_values=fv)
-  del argv0
   return fv, config
+
+
+def _unknown_field_message(error: str, argv: list[str]) -> str:
+  """``--config.mask.rato=0.6`` -> ``unknown config field mask.rato (did you mean "ratio"?)``."""
+  names = [a[len("--config."):].split("=")[0] for a in argv if a.startswith("--config.")]
+  key = re.search(r"'(\w+)'", error)
+  bad = [n for n in names if key and n.split(".")[-1] == key.group(1)] or names
+  hint = re.search(r'Did you mean "(\w+)"', error)
+  return (f"unknown config field {', '.join(bad) or error}"
+          + (f' (did you mean "{hint.group(1)}"?)' if hint else ""))
 
 
 def _setup_logging(level: str) -> None:
@@ -128,14 +140,18 @@ def main(argv: Sequence[str] | None = None) -> int:
   """``dwm-jax pretrain --config FILE[:ARG] --workdir W [--config.FIELD=VALUE ...]``."""
   argv = list(sys.argv[1:] if argv is None else argv)
   prog = "dwm-jax pretrain"
-  fv, config_flag = _flags(prog)
   try:
+    fv, config_flag = _flags([prog, *argv])
     fv([prog, *argv])
     if fv.config is None or fv.workdir is None:
       raise flags.Error("--config and --workdir are required")
   except (flags.Error, ValueError, AttributeError, KeyError) as e:
-    # config_flags reports a bad --config.X override as one of these.
-    print(f"{prog}: {e}\nusage: {prog} --config configs/quickstart.py --workdir DIR "
+    # config_flags reports an override of a field that does not exist as a KeyError or an
+    # AttributeError whose message is the missing key (plus a suggestion).
+    msg = str(e.args[0]) if e.args else str(e)
+    if isinstance(e, (KeyError, AttributeError)):
+      msg = _unknown_field_message(msg, argv)
+    print(f"{prog}: {msg}\nusage: {prog} --config configs/quickstart.py --workdir DIR "
           "[--config.FIELD=VALUE ...]", file=sys.stderr)
     return 2
   _setup_logging(fv.log_level)

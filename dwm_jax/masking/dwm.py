@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 
 from dwm_jax.masking import ops
-from dwm_jax.masking.hint import hint_swap
+from dwm_jax.masking.hint import swap_with_noise
 from dwm_jax.masking.registry import register
 from dwm_jax.patching import Grid
 
@@ -37,10 +37,18 @@ def dispersion(patches: jnp.ndarray, metric: str = "mad") -> jnp.ndarray:
 def weighted_mask(key: jax.Array, weights: jnp.ndarray, num_masked: int,
                   probabilistic: bool = True) -> jnp.ndarray:
   """Weighted sample of ``num_masked`` patches without replacement: ``[B, N] -> bool [B, N]``."""
+  return weighted_mask_with_noise(ops.uniform_noise(key, weights.shape), weights, num_masked,
+                                  probabilistic)
+
+
+def weighted_mask_with_noise(u: jnp.ndarray, weights: jnp.ndarray, num_masked: int,
+                             probabilistic: bool = True) -> jnp.ndarray:
+  """:func:`weighted_mask` with its uniform noise ``u: float32 [B, N]`` given."""
   logw = jnp.log(weights.astype(jnp.float32))
   if not probabilistic:
     return ops.top_k_mask(logw, num_masked)
-  gumbel = jax.random.gumbel(key, weights.shape, dtype=jnp.float32)
+  # Gumbel(0, 1) by inversion, as jax.random.gumbel does (u >= tiny keeps it finite).
+  gumbel = -jnp.log(-jnp.log(jnp.maximum(u, jnp.finfo(jnp.float32).tiny)))
   return ops.top_k_mask(logw + gumbel, num_masked)
 
 
@@ -52,7 +60,8 @@ def dwm_masking(key: jax.Array, patches: jnp.ndarray, *, grid: Grid, num_masked:
   del grid, ratio
   if metric not in METRICS:
     raise ValueError(f"unknown dispersion metric {metric!r}; valid: {', '.join(METRICS)}")
-  k_draw, k_hint = jax.random.split(key)
+  b, n, _ = patches.shape
+  u_draw, u_reveal, u_remask = ops.uniforms(key, b, n, n, n)
   weights = dispersion(patches, metric) + EPS
-  mask = weighted_mask(k_draw, weights, num_masked, probabilistic)
-  return hint_swap(k_hint, mask, num_masked, hint)
+  mask = weighted_mask_with_noise(u_draw, weights, num_masked, probabilistic)
+  return swap_with_noise(u_reveal, u_remask, mask, num_masked, hint)

@@ -22,15 +22,18 @@ def num_hinted(num_masked: int, hint: float | jnp.ndarray) -> jnp.ndarray:
 def hint_swap(key: jax.Array, mask: jnp.ndarray, num_masked: int,
               hint: float | jnp.ndarray) -> jnp.ndarray:
   """``mask: bool [B, N]`` (exactly K per row) -> ``bool [B, N]``, exactly K per row."""
+  u_reveal, u_remask = ops.uniforms(key, mask.shape[0], mask.shape[1], mask.shape[1])
+  return swap_with_noise(u_reveal, u_remask, mask, num_masked, hint)
+
+
+def swap_with_noise(u_reveal: jnp.ndarray, u_remask: jnp.ndarray, mask: jnp.ndarray,
+                    num_masked: int, hint: float | jnp.ndarray) -> jnp.ndarray:
+  """:func:`hint_swap` with its two uniform noises ``float32 [B, N]`` given."""
   n_swap = num_hinted(num_masked, hint)
-  k_reveal, k_remask = jax.random.split(key)
-  shape = mask.shape
-  # Rank the masked entries among themselves (visible ones pushed past them with +inf).
-  u = jnp.where(mask, ops.uniform_noise(k_reveal, shape), jnp.inf)
-  revealed = ops.smallest_mask(u, n_swap, num_masked)
+  # The n smallest noises among the masked entries (visible ones pushed past them with +inf).
+  revealed = ops.smallest_mask(jnp.where(mask, u_reveal, jnp.inf), n_swap, num_masked)
   kept = mask & ~revealed
-  v = jnp.where(kept, jnp.inf, ops.uniform_noise(k_remask, shape))
-  remasked = ops.smallest_mask(v, n_swap, num_masked)
+  remasked = ops.smallest_mask(jnp.where(kept, jnp.inf, u_remask), n_swap, num_masked)
   return kept | remasked
 
 

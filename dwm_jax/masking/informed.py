@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from dwm_jax.masking import ops
-from dwm_jax.masking.hint import hint_swap
+from dwm_jax.masking.hint import swap_with_noise
 from dwm_jax.masking.registry import register
 from dwm_jax.patching import Grid
 
@@ -63,10 +63,10 @@ def sgim_scores(features: jnp.ndarray) -> jnp.ndarray:
   return jnp.max(jnp.einsum("bnd,bcd->bnc", x, cluster_centres(x)), axis=-1)
 
 
-def lowest_k_mask(key: jax.Array, scores: jnp.ndarray, k: int) -> jnp.ndarray:
-  """True at the ``k`` lowest scores of each row, ties broken uniformly: ``bool [B, N]``."""
+def lowest_k_mask(u: jnp.ndarray, scores: jnp.ndarray, k: int) -> jnp.ndarray:
+  """True at the ``k`` lowest scores of each row, ties broken by uniform noise ``u: [B, N]``."""
   # A stable sort of the scores after a uniform shuffle orders equal scores uniformly.
-  perm = jnp.argsort(ops.uniform_noise(key, scores.shape), axis=-1)
+  perm = jnp.argsort(u, axis=-1)
   order = jnp.argsort(jnp.take_along_axis(scores, perm, axis=-1), axis=-1, stable=True)
   masked = jnp.take_along_axis(perm, order[:, :k], axis=-1)
   b, n = scores.shape
@@ -90,6 +90,6 @@ def informed_masking(key: jax.Array, patches: jnp.ndarray, *, grid: Grid, num_ma
   if features.ndim != 3 or features.shape[:2] != (b, n):
     raise ValueError(f"informed features must be [B, N, D] = [{b}, {n}, D], got shape "
                      f"{features.shape}")
-  k_ties, k_hint = jax.random.split(key)
-  mask = lowest_k_mask(k_ties, sgim_scores(features), num_masked)
-  return hint_swap(k_hint, mask, num_masked, hint)
+  u_ties, u_reveal, u_remask = ops.uniforms(key, b, n, n, n)
+  mask = lowest_k_mask(u_ties, sgim_scores(features), num_masked)
+  return swap_with_noise(u_reveal, u_remask, mask, num_masked, hint)

@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 
 from dwm_jax.masking import ops
-from dwm_jax.masking.hint import hint_swap
+from dwm_jax.masking.hint import swap_with_noise
 from dwm_jax.masking.registry import register
 from dwm_jax.patching import Grid
 
@@ -61,13 +61,9 @@ def blocks_from_centres(centres: jnp.ndarray, grid: Grid, block_size: int) -> jn
   return covered.reshape(batch, grid.num_patches)
 
 
-def block_union(key: jax.Array, batch: int, grid: Grid, num_blocks: int,
-                block_size: int) -> jnp.ndarray:
-  """Union of ``num_blocks`` blocks at uniform centres (with replacement): ``bool [B, N]``."""
-  if num_blocks == 0:
-    return jnp.zeros((batch, grid.num_patches), bool)
-  centres = jax.random.randint(key, (batch, num_blocks), 0, grid.num_patches)
-  return blocks_from_centres(centres, grid, block_size)
+def uniform_centres(u: jnp.ndarray, num_patches: int) -> jnp.ndarray:
+  """Flat indices uniform in ``[0, N)`` (``torch.randint``) from uniform noise ``u: [B, C]``."""
+  return jnp.minimum(jnp.floor(u * num_patches), num_patches - 1).astype(jnp.int32)
 
 
 @register("inverse_block", block_size=5, adjust=0.07, full_hint=False)
@@ -91,11 +87,10 @@ def inverse_block_masking(key: jax.Array, patches: jnp.ndarray, *, grid: Grid, n
   if n_centres < 0:
     raise ValueError(f"inverse_block adjust={adjust} gives a negative block count at keep "
                      f"probability {p}")
-  k_centres, k_fill, k_hint = jax.random.split(key, 3)
-  blocks = block_union(k_centres, b, grid, n_centres, block_size)
-  keep = ops.fill_to_count(k_fill, blocks, n_keep)
-  mask = ~keep
+  u_centres, u_fill, u_a, u_b = ops.uniforms(key, b, n_centres, n, n, n)
+  blocks = blocks_from_centres(uniform_centres(u_centres, n), grid, block_size)
+  mask = ~ops.fill_with_noise(u_fill, blocks, n_keep)
   if full_hint:
-    return hint_swap(k_hint, mask, num_masked, hint)
-  random = ops.random_mask(k_hint, b, n, num_masked)
+    return swap_with_noise(u_a, u_b, mask, num_masked, hint)
+  random = ops.top_k_mask(u_a, num_masked)
   return jnp.where(jnp.asarray(hint, jnp.float32) >= 1.0, random, mask)

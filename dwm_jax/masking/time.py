@@ -18,21 +18,24 @@ import jax
 import jax.numpy as jnp
 
 from dwm_jax.masking import ops
-from dwm_jax.masking.hint import hint_swap
+from dwm_jax.masking.hint import swap_with_noise
 from dwm_jax.masking.registry import register
 from dwm_jax.patching import Grid
 
 
-def column_mask(key: jax.Array, batch: int, grid: Grid, num_masked: int) -> jnp.ndarray:
-  """``num_masked // Fp`` whole columns + the remainder in one more column: ``bool [B, N]``."""
+def column_mask(u_col: jnp.ndarray, u_row: jnp.ndarray, grid: Grid,
+                num_masked: int) -> jnp.ndarray:
+  """``num_masked // Fp`` whole columns + the remainder in one more column: ``bool [B, N]``.
+
+  ``u_col: [B, Tp]`` and ``u_row: [B, Fp]`` are uniform noises that order the columns and rows.
+  """
   full, rest = divmod(num_masked, grid.freq)
-  k_col, k_row = jax.random.split(key)
-  col_rank = ops.ranks(ops.uniform_noise(k_col, (batch, grid.time)))     # [B, Tp]
-  row_rank = ops.ranks(ops.uniform_noise(k_row, (batch, grid.freq)))     # [B, Fp]
+  col_rank = ops.ranks(u_col)                                            # [B, Tp]
+  row_rank = ops.ranks(u_row)                                            # [B, Fp]
   whole = col_rank < full                                                # [B, Tp]
   partial = (col_rank == full)[:, None, :] & (row_rank < rest)[:, :, None]  # [B, Fp, Tp]
   mask = whole[:, None, :] | partial
-  return mask.reshape(batch, grid.num_patches)
+  return mask.reshape(-1, grid.num_patches)
 
 
 @register("time")
@@ -40,6 +43,7 @@ def time_masking(key: jax.Array, patches: jnp.ndarray, *, grid: Grid, num_masked
                  hint: float | jnp.ndarray = 0.0, ratio: float | None = None) -> jnp.ndarray:
   """Time-column masking. ``patches: [B, N, P]`` (shape only) -> ``bool [B, N]``, exactly K."""
   del ratio
-  k_cols, k_hint = jax.random.split(key)
-  mask = column_mask(k_cols, patches.shape[0], grid, num_masked)
-  return hint_swap(k_hint, mask, num_masked, hint)
+  b, n, _ = patches.shape
+  u_col, u_row, u_reveal, u_remask = ops.uniforms(key, b, grid.time, grid.freq, n, n)
+  mask = column_mask(u_col, u_row, grid, num_masked)
+  return swap_with_noise(u_reveal, u_remask, mask, num_masked, hint)

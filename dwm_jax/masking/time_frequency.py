@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from dwm_jax.masking import ops
-from dwm_jax.masking.hint import hint_swap
+from dwm_jax.masking.hint import swap_with_noise
 from dwm_jax.masking.registry import register
 from dwm_jax.patching import Grid, num_masked as masked_count
 
@@ -31,12 +31,15 @@ def stripe_ratio(ratio: float) -> float:
   return 1.0 - math.sqrt(1.0 - ratio)
 
 
-def stripes(key: jax.Array, batch: int, grid: Grid, n_cols: int, n_rows: int) -> jnp.ndarray:
-  """Union of ``n_cols`` uniform time columns and ``n_rows`` uniform frequency rows: ``[B, N]``."""
-  k_col, k_row = jax.random.split(key)
-  cols = ops.ranks(ops.uniform_noise(k_col, (batch, grid.time))) < n_cols   # [B, Tp]
-  rows = ops.ranks(ops.uniform_noise(k_row, (batch, grid.freq))) < n_rows   # [B, Fp]
-  return (rows[:, :, None] | cols[:, None, :]).reshape(batch, grid.num_patches)
+def stripes(u_col: jnp.ndarray, u_row: jnp.ndarray, grid: Grid, n_cols: int,
+            n_rows: int) -> jnp.ndarray:
+  """Union of ``n_cols`` time columns and ``n_rows`` frequency rows: ``bool [B, N]``.
+
+  ``u_col: [B, Tp]`` and ``u_row: [B, Fp]`` are uniform noises; the smallest are masked.
+  """
+  cols = ops.ranks(u_col) < n_cols   # [B, Tp]
+  rows = ops.ranks(u_row) < n_rows   # [B, Fp]
+  return (rows[:, :, None] | cols[:, None, :]).reshape(-1, grid.num_patches)
 
 
 def _fraction(name: str, value: float | None, default: float) -> float:
@@ -57,8 +60,8 @@ def time_frequency_masking(key: jax.Array, patches: jnp.ndarray, *, grid: Grid, 
   default = stripe_ratio(ratio)
   pt = _fraction("time_ratio", time_ratio, default)
   pf = _fraction("freq_ratio", freq_ratio, default)
-  k_stripes, k_fill, k_hint = jax.random.split(key, 3)
-  union = stripes(k_stripes, patches.shape[0], grid, masked_count(grid.time, pt),
-                  masked_count(grid.freq, pf))
-  mask = ops.fill_to_count(k_fill, union, num_masked)
-  return hint_swap(k_hint, mask, num_masked, hint)
+  b, n, _ = patches.shape
+  u_col, u_row, u_fill, u_reveal, u_remask = ops.uniforms(key, b, grid.time, grid.freq, n, n, n)
+  union = stripes(u_col, u_row, grid, masked_count(grid.time, pt), masked_count(grid.freq, pf))
+  mask = ops.fill_with_noise(u_fill, union, num_masked)
+  return swap_with_noise(u_reveal, u_remask, mask, num_masked, hint)

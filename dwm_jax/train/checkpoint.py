@@ -22,6 +22,8 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
+log = logging.getLogger(__name__)
+
 CHECKPOINT_DIR = "checkpoints"
 CONFIG_FILE = "config.json"
 
@@ -44,6 +46,7 @@ def make_manager(workdir: str, ckpt_cfg: ml_collections.ConfigDict | None = None
   options = ocp.CheckpointManagerOptions(
       enable_async_checkpointing=bool(ckpt_cfg.async_save) if ckpt_cfg is not None else False,
       preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(policies),
+      save_interval_steps=0 if read_only else 1,
       cleanup_tmp_directories=not read_only,
       read_only=read_only,
       create=not read_only)
@@ -147,5 +150,5 @@ def restore_encoder(workdir: str, step: int | None = None
   finally:
     manager.close()
   params = out["state"]["train"]["params"]
-  logging.info("restored encoder of %s at step %d", workdir, step)
+  log.info("restored encoder of %s at step %d", workdir, step)
   return ml_collections.ConfigDict(out["config"]), jax.tree.map(np.asarray, encoder_params(params))

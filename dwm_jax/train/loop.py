@@ -19,7 +19,6 @@ from typing import Any, Callable
 import jax
 import ml_collections
 import numpy as np
-from flax import jax_utils
 
 from dwm_jax import masking, objectives
 from dwm_jax.data import pipeline
@@ -55,12 +54,6 @@ def make_schedule(config: ml_collections.ConfigDict, dataset_size: int) -> Sched
                      "lower batch_size or add data")
   total = config.total_steps or int(math.ceil(float(config.epochs) * spe))
   return Schedule(int(spe), int(total))
-
-
-def shard(batch: dict[str, np.ndarray], num_devices: int) -> dict[str, np.ndarray]:
-  """``[B_process, ...]`` -> ``[num_devices, B_process // num_devices, ...]`` for pmap."""
-  return {k: v.reshape(num_devices, v.shape[0] // num_devices, *v.shape[1:])
-          for k, v in batch.items()}
 
 
 class StopRequest:
@@ -180,7 +173,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
                   "match an uninterrupted one):\n  %s", "\n  ".join(diff))
     host_state, key = ckpt.restore(manager, start, state_template=host_state, data_iter=data_iter)
     log.info("resumed from step %d of %s", start, ckpt.checkpoint_dir(workdir))
-  state = jax_utils.replicate(host_state)
+  state = step_lib.replicate(host_state)
   del host_state
 
   p_step = step_lib.make_pmapped_train_step(config, total_steps=sched.total_steps,
@@ -213,7 +206,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
         batch = next(data_iter)
         if primary and config.mask_png_every_steps and step % config.mask_png_every_steps == 0:
           _write_mask_png(workdir, writer, config, state, batch, step, epoch, hint, key)
-        state, metrics = p_step(state, shard(batch, n_local), key, hint)
+        state, metrics = p_step(state, step_lib.shard(batch), key, hint)
         if prev_metrics is not None:  # one step behind: the device stays busy
           _check_finite(ckpt.to_host({k: prev_metrics[k] for k in ("loss", "grad_norm")}),
                         step, last_saved, workdir)

@@ -142,7 +142,6 @@ def main(argv: list[str] | None = None) -> int:
   args = p.parse_args(argv)
   if args.small:
     args.num_clips, args.batches = 192, 3
-  # absl flags are read by grain workers; this script does not use absl.app.
   root = Path(args.data) / f"{args.num_clips}x{args.seconds:g}s"
   wav_csv, npy_csv = make_data(root, args.num_clips, args.seconds,
                                workers=min(os.cpu_count() or 1, 8))

@@ -25,7 +25,7 @@ from dwm_jax import masking, patching
 from dwm_jax.config import base_config
 from dwm_jax.train import state as state_lib, step as step_lib
 
-CPU_BATCH = {"tiny": 32, "small": 16, "base": 4, "large": 2}  # global batch on CPU
+CPU_BATCH = {"tiny": 8, "small": 4, "base": 2, "large": 2}  # global batch on CPU
 ACCEL_BATCH = {"tiny": 256, "small": 256, "base": 128, "large": 64}
 
 

@@ -226,7 +226,7 @@ def write_outputs(out: str, rows: list[dict], task_names: list[str], meta: dict)
     lines.append(f"| {r['model']} | " + " | ".join(pct(r, t) for t in task_names)
                  + f" | {100 * r['average']:.1f} | {opt(r.get('pretrain_seconds'), '{:.0f}')} | "
                  f"{opt(r.get('sec_per_step'), '{:.3f}')} | {opt(r.get('mask_ms'), '{:.2f}')} | "
-                 f"{opt(r.get('mask_share'), '{:.1%}')} |")
+                 f"{opt(r.get('mask_share'), '{:.2%}')} |")
   table = "\n".join(lines) + "\n"
   with open(os.path.join(out, "results.md"), "w") as f:
     f.write(table)

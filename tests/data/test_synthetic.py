@@ -6,7 +6,6 @@ import pytest
 import soundfile as sf
 
 from dwm_jax.data import synthetic
-from dwm_jax.data.log_mel import log_mel
 
 
 def test_deterministic_and_seeded():

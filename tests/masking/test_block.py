@@ -10,7 +10,7 @@ from dwm_jax import masking
 from dwm_jax.masking import block
 from dwm_jax.patching import Grid
 
-from .grid_stats import neighbour_pairs
+from .helpers import jit_sample, neighbour_pairs
 
 
 def beit_reference(rng, grid, num_masking, min_num=4, min_aspect=0.3):
@@ -61,13 +61,13 @@ def test_no_block_fits_a_single_row():
 
 def test_masked_patches_form_blocks():
   x = jnp.zeros((1000, 190, 1))
-  blk = np.asarray(masking.sample("block", jax.random.key(0), x, grid=(5, 38), ratio=0.5))
-  rnd = np.asarray(masking.sample("random", jax.random.key(0), x, grid=(5, 38), ratio=0.5))
+  blk = np.asarray(jit_sample("block", jax.random.key(0), x, grid=(5, 38), ratio=0.5))
+  rnd = np.asarray(jit_sample("random", jax.random.key(0), x, grid=(5, 38), ratio=0.5))
   assert (blk.sum(-1) == 95).all()
   assert neighbour_pairs(blk, (5, 38)).mean() > 1.4 * neighbour_pairs(rnd, (5, 38)).mean()
 
 
 def test_bad_aspect():
   with pytest.raises(ValueError, match="min_aspect"):
-    masking.sample("block", jax.random.key(0), jnp.zeros((1, 190, 1)), grid=(5, 38), ratio=0.5,
-                   min_aspect=0.0)
+    jit_sample("block", jax.random.key(0), jnp.zeros((1, 190, 1)), grid=(5, 38), ratio=0.5,
+               min_aspect=0.0)

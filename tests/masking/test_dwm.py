@@ -8,6 +8,8 @@ import pytest
 
 from dwm_jax import masking
 
+from .helpers import jit_sample
+
 ROWS = 20000
 
 
@@ -39,14 +41,14 @@ def test_dispersion_metrics_match_numpy():
   np.testing.assert_allclose(masking.dispersion(jnp.asarray(x), "variance"), x.var(-1),
                              rtol=1e-5)
   with pytest.raises(ValueError, match="unknown dispersion metric 'std'; valid: mad, variance"):
-    masking.sample("dwm", jax.random.key(0), jnp.asarray(x), grid=(2, 3), ratio=0.5,
-                   metric="std")
+    jit_sample("dwm", jax.random.key(0), jnp.asarray(x), grid=(2, 3), ratio=0.5,
+               metric="std")
 
 
 def test_frequencies_match_sequential_weighted_draws():
   mads = [0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 9.0]   # grid (2, 4), ratio 0.5: K = 4 of 8
-  mask = np.asarray(masking.sample("dwm", jax.random.key(0), patches_with_mad(mads, ROWS),
-                                   grid=(2, 4), ratio=0.5))
+  mask = np.asarray(jit_sample("dwm", jax.random.key(0), patches_with_mad(mads, ROWS),
+                               grid=(2, 4), ratio=0.5))
   np.testing.assert_array_equal(mask.sum(-1), 4)
   expected = sequential_inclusion(np.asarray(mads) + 1e-12, 4)
   freq = mask.mean(0)
@@ -58,8 +60,8 @@ def test_frequencies_match_sequential_weighted_draws():
 
 def test_variance_metric_weights_by_squared_spread():
   mads = [0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 9.0]
-  mask = np.asarray(masking.sample("dwm", jax.random.key(1), patches_with_mad(mads, ROWS),
-                                   grid=(2, 4), ratio=0.5, metric="variance"))
+  mask = np.asarray(jit_sample("dwm", jax.random.key(1), patches_with_mad(mads, ROWS),
+                               grid=(2, 4), ratio=0.5, metric="variance"))
   expected = sequential_inclusion(np.asarray(mads) ** 2 + 1e-12, 4)
   sigma = np.sqrt(expected * (1 - expected) / ROWS)
   assert (np.abs(mask.mean(0) - expected) < 5 * sigma).all()
@@ -69,7 +71,7 @@ def test_variance_metric_weights_by_squared_spread():
 def test_constant_patches_behave_like_random(dtype):
   x = jnp.full((8192, 190, 16), 3.0, dtype)
   assert np.isfinite(np.asarray(masking.dispersion(x))).all()
-  mask = np.asarray(masking.sample("dwm", jax.random.key(2), x, grid=(5, 38), ratio=0.7))
+  mask = np.asarray(jit_sample("dwm", jax.random.key(2), x, grid=(5, 38), ratio=0.7))
   np.testing.assert_array_equal(mask.sum(-1), 133)
   sigma = np.sqrt(0.7 * 0.3 / 8192)
   assert np.abs(mask.mean(0) - 133 / 190).max() < 5 * sigma
@@ -78,22 +80,22 @@ def test_constant_patches_behave_like_random(dtype):
 def test_frequency_rises_with_dispersion_and_hint_one_is_uniform():
   mads = np.linspace(0.1, 2.0, 190)
   x = patches_with_mad(mads, 4096)
-  freq = np.asarray(masking.sample("dwm", jax.random.key(3), x, grid=(5, 38),
-                                   ratio=0.5)).mean(0)
+  freq = np.asarray(jit_sample("dwm", jax.random.key(3), x, grid=(5, 38),
+                               ratio=0.5)).mean(0)
   by_tenth = freq.reshape(10, 19).mean(1)
   assert (np.diff(by_tenth) > 0).all(), by_tenth
   assert np.corrcoef(freq, mads)[0, 1] > 0.95
-  flat = np.asarray(masking.sample("dwm", jax.random.key(3), x, grid=(5, 38), ratio=0.5,
-                                   hint=1.0)).mean(0)
+  flat = np.asarray(jit_sample("dwm", jax.random.key(3), x, grid=(5, 38), ratio=0.5,
+                               hint=1.0)).mean(0)
   assert np.abs(flat - 0.5).max() < 5 * np.sqrt(0.25 / 4096)
 
 
 def test_deterministic_ablation_masks_the_most_dispersed():
   mads = np.random.default_rng(1).permutation(np.arange(1, 191)) / 10
   x = patches_with_mad(mads, 2)
-  a = np.asarray(masking.sample("dwm", jax.random.key(0), x, grid=(5, 38), ratio=0.7,
-                                probabilistic=False))
-  b = np.asarray(masking.sample("dwm", jax.random.key(9), x, grid=(5, 38), ratio=0.7,
-                                probabilistic=False))
+  a = np.asarray(jit_sample("dwm", jax.random.key(0), x, grid=(5, 38), ratio=0.7,
+                            probabilistic=False))
+  b = np.asarray(jit_sample("dwm", jax.random.key(9), x, grid=(5, 38), ratio=0.7,
+                            probabilistic=False))
   np.testing.assert_array_equal(a, b)
   np.testing.assert_array_equal(a[0], mads >= np.sort(mads)[-133])

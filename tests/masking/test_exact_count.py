@@ -8,6 +8,8 @@ from hypothesis import given, settings, strategies as st
 from dwm_jax import masking
 from dwm_jax.patching import num_masked
 
+from .helpers import jit_sample
+
 GRIDS = [(5, 38), (8, 64), (1, 7), (7, 1)]
 RATIOS = [0.5, 0.7, 0.8]
 BATCH = 6
@@ -89,5 +91,7 @@ def test_exact_count_property(name, freq, time, ratio, hint, seed):
     with pytest.raises(ValueError, match="0 < K < N"):
       draw(name, jax.random.key(seed), x, grid, ratio, hint)
     return
-  mask = draw(name, jax.random.key(seed), x, grid, ratio, hint)
+  # Each example is a new shape: one jit compile is far cheaper than many small eager ones.
+  mask = jit_sample(name, jax.random.key(seed), x, grid=grid, ratio=ratio, hint=hint,
+                    **options_for(name, x))
   assert_exact(mask, grid, ratio, batch=3)

@@ -5,6 +5,8 @@ import numpy as np
 import pytest
 
 from dwm_jax import masking
+
+from .helpers import jit_sample
 from dwm_jax.masking import informed
 
 
@@ -48,12 +50,12 @@ def test_planted_outliers_are_masked():
   f = np.take_along_axis(f, perm[..., None], 1)
   outlier = perm >= 32
   # ratio 0.2 on 40 patches: K = 40 - int(32) = 8, exactly the outliers.
-  mask = np.asarray(masking.sample("informed", jax.random.key(0), jnp.zeros((16, 40, 1)),
-                                   grid=(4, 10), ratio=0.2, features=jnp.asarray(f)))
+  mask = np.asarray(jit_sample("informed", jax.random.key(0), jnp.zeros((16, 40, 1)),
+                               grid=(4, 10), ratio=0.2, features=jnp.asarray(f)))
   np.testing.assert_array_equal(mask, outlier)
   # With more to mask, the outliers are masked first.
-  more = np.asarray(masking.sample("informed", jax.random.key(0), jnp.zeros((16, 40, 1)),
-                                   grid=(4, 10), ratio=0.5, features=jnp.asarray(f)))
+  more = np.asarray(jit_sample("informed", jax.random.key(0), jnp.zeros((16, 40, 1)),
+                               grid=(4, 10), ratio=0.5, features=jnp.asarray(f)))
   assert more[outlier].all() and (more.sum(-1) == 20).all()
 
 
@@ -61,27 +63,27 @@ def test_degenerate_features_give_uniform_ties_and_no_nan():
   rows = 4000
   f = jnp.ones((rows, 20, 8))
   assert np.isfinite(np.asarray(informed.sgim_scores(f))).all()
-  mask = np.asarray(masking.sample("informed", jax.random.key(2), jnp.zeros((rows, 20, 1)),
-                                   grid=(4, 5), ratio=0.6, features=f))
+  mask = np.asarray(jit_sample("informed", jax.random.key(2), jnp.zeros((rows, 20, 1)),
+                               grid=(4, 5), ratio=0.6, features=f))
   assert (mask.sum(-1) == 12).all()
   assert np.abs(mask.mean(0) - 0.6).max() < 5 * np.sqrt(0.24 / rows)
-  zeros = masking.sample("informed", jax.random.key(2), jnp.zeros((2, 20, 1)), grid=(4, 5),
-                         ratio=0.6, features=jnp.zeros((2, 20, 8)))
+  zeros = jit_sample("informed", jax.random.key(2), jnp.zeros((2, 20, 1)), grid=(4, 5),
+                     ratio=0.6, features=jnp.zeros((2, 20, 8)))
   assert (np.asarray(zeros).sum(-1) == 12).all()
 
 
 def test_hint_one_is_random():
   rows = 4000
   f = jnp.asarray(planted(np.random.default_rng(3), 1)).repeat(rows, 0)
-  mask = np.asarray(masking.sample("informed", jax.random.key(3), jnp.zeros((rows, 40, 1)),
-                                   grid=(4, 10), ratio=0.2, features=f, hint=1.0))
+  mask = np.asarray(jit_sample("informed", jax.random.key(3), jnp.zeros((rows, 40, 1)),
+                               grid=(4, 10), ratio=0.2, features=f, hint=1.0))
   assert np.abs(mask.mean(0) - 0.2).max() < 5 * np.sqrt(0.16 / rows)
 
 
 def test_features_are_required_and_checked():
   x = jnp.zeros((2, 40, 1))
   with pytest.raises(ValueError, match=r"needs features=\[B, N, D\]"):
-    masking.sample("informed", jax.random.key(0), x, grid=(4, 10), ratio=0.5)
+    jit_sample("informed", jax.random.key(0), x, grid=(4, 10), ratio=0.5)
   with pytest.raises(ValueError, match=r"features must be \[B, N, D\] = \[2, 40, D\]"):
-    masking.sample("informed", jax.random.key(0), x, grid=(4, 10), ratio=0.5,
-                   features=jnp.zeros((2, 39, 8)))
+    jit_sample("informed", jax.random.key(0), x, grid=(4, 10), ratio=0.5,
+               features=jnp.zeros((2, 39, 8)))

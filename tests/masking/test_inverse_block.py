@@ -8,7 +8,7 @@ from dwm_jax import masking
 from dwm_jax.masking import inverse_block
 from dwm_jax.patching import Grid
 
-from .grid_stats import neighbour_pairs
+from .helpers import jit_sample, neighbour_pairs
 
 
 def fairseq_blocks(centres, grid, length):
@@ -71,8 +71,8 @@ def test_visible_patches_form_blocks_as_in_fairseq(grid, ratio, over_random):
   (clamped blocks favour the edges)."""
   rows = 2000
   x = jnp.zeros((rows, grid[0] * grid[1], 1))
-  ibm = np.asarray(masking.sample("inverse_block", jax.random.key(0), x, grid=grid, ratio=ratio))
-  rnd = np.asarray(masking.sample("random", jax.random.key(0), x, grid=grid, ratio=ratio))
+  ibm = np.asarray(jit_sample("inverse_block", jax.random.key(0), x, grid=grid, ratio=ratio))
+  rnd = np.asarray(jit_sample("random", jax.random.key(0), x, grid=grid, ratio=ratio))
   ref = fairseq_mask(np.random.default_rng(0), rows, grid, ratio)
   assert (ibm.sum(-1) == ref.sum(-1)).all() and (ibm.sum(-1) == rnd.sum(-1)).all()
   ours, theirs = neighbour_pairs(~ibm, grid), neighbour_pairs(~ref, grid)
@@ -87,8 +87,8 @@ def test_visible_patches_form_blocks_as_in_fairseq(grid, ratio, over_random):
 
 def test_only_hint_one_matters_unless_full_hint():
   x = jnp.zeros((4000, 190, 1))
-  sample = lambda **kw: np.asarray(masking.sample("inverse_block", jax.random.key(5), x,
-                                                  grid=(5, 38), ratio=0.7, **kw))
+  sample = lambda **kw: np.asarray(jit_sample("inverse_block", jax.random.key(5), x,
+                                              grid=(5, 38), ratio=0.7, **kw))
   np.testing.assert_array_equal(sample(hint=0.0), sample(hint=0.9))
   uniform = sample(hint=1.0)
   # Random masking: no block structure, flat frequencies.
@@ -102,5 +102,5 @@ def test_only_hint_one_matters_unless_full_hint():
 
 def test_bad_block_size():
   with pytest.raises(ValueError, match="block_size must be an integer >= 2"):
-    masking.sample("inverse_block", jax.random.key(0), jnp.zeros((1, 190, 1)), grid=(5, 38),
-                   ratio=0.7, block_size=1)
+    jit_sample("inverse_block", jax.random.key(0), jnp.zeros((1, 190, 1)), grid=(5, 38),
+               ratio=0.7, block_size=1)

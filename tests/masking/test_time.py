@@ -6,13 +6,15 @@ import pytest
 
 from dwm_jax import masking
 
+from .helpers import jit_sample
+
 
 @pytest.mark.parametrize("grid,ratio", [((5, 38), 0.7), ((8, 64), 0.8), ((7, 1), 0.5)])
 def test_whole_columns_and_one_partial(grid, ratio):
   rows = 2000
   fp, tp = grid
-  mask = np.asarray(masking.sample("time", jax.random.key(0), jnp.zeros((rows, fp * tp, 1)),
-                                   grid=grid, ratio=ratio))
+  mask = np.asarray(jit_sample("time", jax.random.key(0), jnp.zeros((rows, fp * tp, 1)),
+                               grid=grid, ratio=ratio))
   k = int(mask.sum(-1)[0])
   per_col = mask.reshape(rows, fp, tp).sum(1)          # masked patches in each column
   full, rest = divmod(k, fp)
@@ -31,8 +33,8 @@ def test_whole_columns_and_one_partial(grid, ratio):
 def test_hint_blends_toward_random():
   x = jnp.zeros((500, 190, 1))
   whole = lambda m: (m.reshape(-1, 5, 38).sum(1) == 5).sum(-1).mean()
-  m0 = np.asarray(masking.sample("time", jax.random.key(1), x, grid=(5, 38), ratio=0.7))
-  m5 = np.asarray(masking.sample("time", jax.random.key(1), x, grid=(5, 38), ratio=0.7,
-                                 hint=0.5))
+  m0 = np.asarray(jit_sample("time", jax.random.key(1), x, grid=(5, 38), ratio=0.7))
+  m5 = np.asarray(jit_sample("time", jax.random.key(1), x, grid=(5, 38), ratio=0.7,
+                             hint=0.5))
   assert (m5.sum(-1) == 133).all()
   assert whole(m0) == 26 and whole(m5) < 26

@@ -5,12 +5,15 @@ import numpy as np
 import pytest
 
 from dwm_jax import masking
-from dwm_jax.masking import time_frequency
+
+from .helpers import jit_sample
+from dwm_jax.masking import ops, time_frequency
 from dwm_jax.patching import Grid
 
 
 def test_stripes_are_whole_rows_and_columns():
-  s = np.asarray(time_frequency.stripes(jax.random.key(0), 50, Grid(8, 64), 20, 3))
+  u_col, u_row = ops.uniforms(jax.random.key(0), 50, 64, 8)
+  s = np.asarray(time_frequency.stripes(u_col, u_row, Grid(8, 64), 20, 3))
   s = s.reshape(50, 8, 64)
   assert ((s.all(1)).sum(-1) >= 20).all()         # >= : a column may also be full via rows
   assert ((s.all(2)).sum(-1) == 3).all()
@@ -26,8 +29,8 @@ def test_audiomae_counts_and_default_split():
 
 def test_columns_only_when_they_hit_k_exactly():
   # (8, 64) at ratio 0.5: K = 256 = 32 whole columns, time_ratio 0.5 masks 64 - 32 = 32.
-  mask = np.asarray(masking.sample("time_frequency", jax.random.key(1), jnp.zeros((200, 512, 1)),
-                                   grid=(8, 64), ratio=0.5, time_ratio=0.5, freq_ratio=0.0))
+  mask = np.asarray(jit_sample("time_frequency", jax.random.key(1), jnp.zeros((200, 512, 1)),
+                               grid=(8, 64), ratio=0.5, time_ratio=0.5, freq_ratio=0.0))
   per_col = mask.reshape(200, 8, 64).sum(1)
   assert set(np.unique(per_col)) == {0, 8}
   assert ((per_col == 8).sum(-1) == 32).all()
@@ -35,8 +38,8 @@ def test_columns_only_when_they_hit_k_exactly():
 
 def test_default_masks_mostly_whole_stripes():
   rows = 500
-  mask = np.asarray(masking.sample("time_frequency", jax.random.key(2),
-                                   jnp.zeros((rows, 512, 1)), grid=(8, 64), ratio=0.7))
+  mask = np.asarray(jit_sample("time_frequency", jax.random.key(2),
+                               jnp.zeros((rows, 512, 1)), grid=(8, 64), ratio=0.7))
   assert (mask.sum(-1) == 512 - int(512 * 0.3)).all()
   g = mask.reshape(rows, 8, 64)
   in_stripe = g & (g.mean(1, keepdims=True) > 0.7) | g & (g.mean(2, keepdims=True) > 0.7)
@@ -45,5 +48,5 @@ def test_default_masks_mostly_whole_stripes():
 
 def test_bad_fraction():
   with pytest.raises(ValueError, match="time_ratio must be in"):
-    masking.sample("time_frequency", jax.random.key(0), jnp.zeros((1, 190, 1)), grid=(5, 38),
-                   ratio=0.7, time_ratio=1.5)
+    jit_sample("time_frequency", jax.random.key(0), jnp.zeros((1, 190, 1)), grid=(5, 38),
+               ratio=0.7, time_ratio=1.5)

@@ -1,0 +1,118 @@
+"""Checkpoint contents, retention, torn saves, encoder restore and export."""
+import copy
+import os
+
+import grain
+import jax
+import numpy as np
+import pytest
+
+from dwm_jax.config import base_config
+from dwm_jax.evaluate.encoder import load_encoder
+from dwm_jax.train import checkpoint as ckpt
+from dwm_jax.train import export
+from dwm_jax.train.state import create_train_state
+
+from .conftest import assert_same_tree, persistent_cache, tiny_config
+
+
+@pytest.fixture(scope="module")
+def host_state(cache_dir):
+  """A real (tiny, M2D) train state on the host, perturbed so no leaf is trivially zero."""
+  config = tiny_config()
+  with persistent_cache(cache_dir):
+    state = jax.device_get(create_train_state(config, jax.random.key(0), total_steps=8,
+                                              steps_per_epoch=4))
+  leaves, tree = jax.tree.flatten(state)
+  rng = np.random.default_rng(0)
+  leaves = [(x + rng.normal(size=x.shape)).astype(x.dtype) if x.dtype.kind == "f" else x + 3
+            for x in leaves]
+  return config, jax.tree.unflatten(tree, leaves)
+
+
+def _iterator():
+  return iter(grain.MapDataset.range(1000).shuffle(seed=3).batch(4).to_iter_dataset())
+
+
+def test_save_restore_roundtrip_state_rng_and_data_position(host_state, tmp_path):
+  config, state = host_state
+  manager = ckpt.make_manager(str(tmp_path), config.checkpoint)
+  it = _iterator()
+  for _ in range(5):
+    next(it)
+  ckpt.save(manager, 5, state=state, rng=jax.random.key(42), data_iter=it, config=config)
+  expected_next = [next(it) for _ in range(3)]  # the iterator moves on while the save finishes
+  manager.wait_until_finished()
+  manager.close()
+
+  manager = ckpt.make_manager(str(tmp_path), config.checkpoint)
+  assert manager.latest_step() == 5
+  fresh = _iterator()
+  template = jax.tree.map(np.zeros_like, state)
+  restored, rng = ckpt.restore(manager, 5, state_template=template, data_iter=fresh)
+  assert type(restored) is type(state)
+  assert_same_tree(restored, state)
+  assert np.array_equal(jax.random.key_data(rng), jax.random.key_data(jax.random.key(42)))
+  for want in expected_next:
+    np.testing.assert_array_equal(next(fresh), want)
+  assert ckpt.config_diff(ckpt.saved_config(manager, 5), config) == []
+  manager.close()
+
+
+def test_keeps_last_k_and_every_period(host_state, tmp_path):
+  config, state = host_state
+  config = copy.deepcopy(config)
+  config.checkpoint.keep = 2
+  config.checkpoint.keep_period = 4
+  manager = ckpt.make_manager(str(tmp_path), config.checkpoint)
+  for step in range(1, 10):
+    ckpt.save(manager, step, state=state, rng=jax.random.key(0), data_iter=None, config=config)
+  manager.wait_until_finished()
+  assert list(manager.all_steps()) == [4, 8, 9]
+  manager.close()
+
+
+def test_config_diff_names_changed_fields():
+  a, b = base_config(), base_config()
+  b.mask.ratio = 0.6
+  b.model.input_shape = (80, 208)
+  assert ckpt.config_diff(a, b) == ["mask.ratio: 0.7 -> 0.6",
+                                    "model.input_shape: [80, 608] -> [80, 208]"]
+
+
+def test_to_host_reads_one_replica():
+  from flax import jax_utils
+  tree = {"w": np.arange(6.0).reshape(2, 3), "n": np.int32(7)}
+  host = ckpt.to_host(jax_utils.replicate(tree))
+  np.testing.assert_array_equal(host["w"], tree["w"])
+  assert host["n"] == 7 and host["n"].shape == ()
+
+
+def test_restore_encoder_and_export(host_state, tmp_path):
+  config, state = host_state
+  workdir = str(tmp_path / "run")
+  manager = ckpt.make_manager(workdir, config.checkpoint)
+  ckpt.save(manager, 3, state=state, rng=jax.random.key(0), data_iter=None, config=config)
+  manager.wait_until_finished()
+  manager.close()
+
+  saved_config, params = ckpt.restore_encoder(workdir)
+  assert tuple(saved_config.model.input_shape) == (80, 64)
+  assert_same_tree(params, state.params["encoder"])
+
+  out = str(tmp_path / "encoder.msgpack")
+  assert export.main(["--workdir", workdir, "--out", out]) == 0
+  encoder = load_encoder(out)
+  assert_same_tree(jax.tree.map(np.asarray, encoder.params), state.params["encoder"])
+  assert (encoder.norm_mean, encoder.norm_std) == (config.data.norm_mean, config.data.norm_std)
+  assert tuple(encoder.model_cfg.input_shape) == (80, 64)
+  # A workdir loads the same encoder as its export.
+  assert_same_tree(jax.tree.map(np.asarray, load_encoder(workdir).params), params)
+
+
+def test_export_of_a_folder_without_checkpoints_fails_clearly(tmp_path, capsys):
+  assert export.main(["--workdir", str(tmp_path), "--out", str(tmp_path / "e.msgpack")]) == 2
+  assert "no checkpoints" in capsys.readouterr().err
+  os.makedirs(tmp_path / "checkpoints")
+  with pytest.raises(FileNotFoundError, match="no finished checkpoint"):
+    ckpt.restore_encoder(str(tmp_path))
