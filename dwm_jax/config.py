@@ -5,6 +5,8 @@ meanings are listed in the README's config reference; validation lives in ``dwm_
 """
 from __future__ import annotations
 
+import json
+
 import ml_collections
 from ml_collections import config_dict
 
@@ -106,6 +108,20 @@ MASK_PRESETS: dict[str, tuple[str, dict]] = {
     "inverse_block": ("inverse_block", {}),
     "informed": ("informed", {}),
 }
+
+
+def flatten(c: ml_collections.ConfigDict) -> dict:
+  """``{"mask.ratio": 0.7, "model.input_shape": [80, 608], ...}``: JSON values by dotted field."""
+  out = {}
+
+  def walk(d: dict, prefix: str) -> None:
+    for k, v in d.items():
+      if isinstance(v, dict):
+        walk(v, f"{prefix}{k}.")
+      else:
+        out[f"{prefix}{k}"] = v
+  walk(json.loads(c.to_json_best_effort()), "")
+  return out
 
 
 def parse_arg(arg: str | None, **defaults: str) -> dict[str, str]:

@@ -22,6 +22,8 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
+from dwm_jax import config as config_lib
+
 log = logging.getLogger(__name__)
 
 CHECKPOINT_DIR = "checkpoints"
@@ -103,17 +105,8 @@ def saved_config(manager: ocp.CheckpointManager, step: int) -> ml_collections.Co
 
 
 def config_diff(old: ml_collections.ConfigDict, new: ml_collections.ConfigDict) -> list[str]:
-  """Flattened ``field: old -> new`` lines where two configs differ (lists/tuples compared equal)."""
-  def flat(d, prefix=""):
-    out = {}
-    for k, v in d.items():
-      if isinstance(v, dict):
-        out.update(flat(v, f"{prefix}{k}."))
-      else:
-        out[f"{prefix}{k}"] = list(v) if isinstance(v, tuple) else v
-    return out
-  a = flat(json.loads(old.to_json_best_effort()))
-  b = flat(json.loads(new.to_json_best_effort()))
+  """``field: old -> new`` lines for the fields where two configs differ."""
+  a, b = config_lib.flatten(old), config_lib.flatten(new)
   return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b))
           if a.get(k) != b.get(k)]
 

@@ -15,6 +15,8 @@ from typing import Any, Mapping
 import ml_collections
 import numpy as np
 
+from dwm_jax import config as config_lib
+
 log = logging.getLogger("dwm_jax.train")
 
 METRICS_FILE = "metrics.jsonl"
@@ -87,19 +89,9 @@ def make_writer(workdir: str, *, is_primary: bool, tensorboard: bool = True) -> 
 
 
 def hparams(config: ml_collections.ConfigDict) -> dict[str, Any]:
-  """Flat ``{"mask.ratio": 0.7, ...}`` of scalar/str config fields (TensorBoard HParams)."""
-  out = {}
-
-  def walk(d, prefix):
-    for k, v in d.items():
-      if isinstance(v, dict):
-        walk(v, f"{prefix}{k}.")
-      elif isinstance(v, (bool, int, float, str)):
-        out[f"{prefix}{k}"] = v
-      elif v is not None:
-        out[f"{prefix}{k}"] = str(v)
-  walk(json.loads(config.to_json_best_effort()), "")
-  return out
+  """Flat ``{"mask.ratio": 0.7, ...}`` for TensorBoard HParams (non-scalars as strings)."""
+  return {k: v if isinstance(v, (bool, int, float, str)) else str(v)
+          for k, v in config_lib.flatten(config).items() if v is not None}
 
 
 def _duration(seconds: float) -> str:

@@ -38,7 +38,10 @@ def execute(name: str, kernel_dir: str, out_dir: str) -> nbformat.NotebookNode:
       kernel_dirs=[kernel_dir]))
   nb = read(name)
   # Inline figures whatever MPLBACKEND the test process has (e.g. agg), as in Jupyter/Colab.
-  env = {"DWM_COLAB_SMOKE": "1", "DWM_COLAB_OUT": out_dir,
+  # Smoke sizes make XLA compilation nearly all of the run time: compile without LLVM's
+  # optimisations (-O0 machine code; same programs, same results) to halve it.
+  xla_flags = os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0"
+  env = {"DWM_COLAB_SMOKE": "1", "DWM_COLAB_OUT": out_dir, "XLA_FLAGS": xla_flags.strip(),
          "MPLBACKEND": "module://matplotlib_inline.backend_inline"}
   old = {k: os.environ.get(k) for k in env}
   os.environ.update(env)  # the kernel inherits this environment (and conftest's XLA_FLAGS)
