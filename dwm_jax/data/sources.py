@@ -151,14 +151,28 @@ class AudioSource(LogMelSource):
 
 
 class SyntheticSource(LogMelSource):
-  """The built-in synthetic clips (:mod:`dwm_jax.data.synthetic`), synthesised on access."""
+  """The built-in synthetic clips (:mod:`dwm_jax.data.synthetic`), synthesised on first access.
+
+  Each clip's log-mel is a pure function of ``(index, seed, seconds, spec)``, so it is computed
+  once per process and kept in memory (random crops still differ per epoch: they happen
+  downstream). ``cache_mb`` bounds that memory: clips beyond it are synthesised on every access.
+  Grain worker processes each hold their own cache.
+  """
 
   def __init__(self, num_clips: int, seconds: float = 6.08, seed: int = 0,
-               spec: LogMelSpec = LogMelSpec()):
+               spec: LogMelSpec = LogMelSpec(), cache_mb: float = 1024.0):
     super().__init__()
     if num_clips <= 0:
       raise ValueError(f"synthetic num_clips must be positive, got {num_clips}")
+    if cache_mb < 0:
+      raise ValueError(f"synthetic cache_mb must be >= 0, got {cache_mb}")
     self.num_clips, self.seconds, self.seed, self.spec = num_clips, seconds, seed, spec
+    from dwm_jax.data.log_mel import num_frames
+    clip_bytes = 4 * spec.n_mels * num_frames(int(round(seconds * spec.sample_rate)), spec)
+    # The first ``max_cached`` indices are cached; a fixed set keeps memory bounded without
+    # eviction bookkeeping (a shuffled epoch visits every index once, so LRU would not help).
+    self.max_cached = min(num_clips, int(cache_mb * 2**20) // max(1, clip_bytes))
+    self._cache: dict[int, np.ndarray] = {}
 
   def __len__(self) -> int:
     return self.num_clips
@@ -166,9 +180,20 @@ class SyntheticSource(LogMelSource):
   def describe(self, index: int) -> str:
     return f"synthetic clip {index} (seed {self.seed})"
 
-  def load(self, index: int) -> np.ndarray:
+  def _synthesize(self, index: int) -> np.ndarray:
     # Imported lazily: keeps scipy.signal out of processes that never synthesise.
     from dwm_jax.data.synthetic import synthesize_clip
     wave, _ = synthesize_clip(index, seed=self.seed, seconds=self.seconds,
                               sample_rate=self.spec.sample_rate)
     return log_mel(wave, self.spec)
+
+  def load(self, index: int) -> np.ndarray:
+    if index >= self.max_cached:
+      return self._synthesize(index)
+    x = self._cache.get(index)
+    if x is None:
+      # Prefetch threads may race on a clip: both compute the same array, one is kept.
+      x = self._synthesize(index)
+      x.setflags(write=False)  # shared by every epoch's crop: nobody may modify it in place
+      self._cache[index] = x
+    return x
