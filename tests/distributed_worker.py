@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import sys
+import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs"))
 
@@ -21,6 +22,9 @@ def main() -> None:
   def hook(done: int) -> None:
     if done == term_at and pid == 1:
       os.kill(os.getpid(), signal.SIGTERM)
+      # The notice reaches the other process through JAX's coordination service asynchronously;
+      # give it time so the stop step doesn't depend on machine load (the run is only 8 steps).
+      time.sleep(3)
 
   summary = loop.train(tiny.get_config(), workdir, on_step=hook)
   print("SUMMARY " + json.dumps({k: summary[k] for k in ("step", "preempted", "resumed_from")}))
