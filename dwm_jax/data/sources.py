@@ -7,6 +7,8 @@ the output is still a deterministic function of the index (needed for exact resu
 """
 from __future__ import annotations
 
+import abc
+
 import csv
 import logging
 import os
@@ -31,17 +33,19 @@ class BadRecord(Exception):
     super().__init__(f"{where}: {reason}")
 
 
-class LogMelSource:
-  """Base: subclasses implement ``__len__``, ``load(i) -> [F, T_i]`` and ``describe(i)``."""
+class LogMelSource(abc.ABC):
+  """Base: subclasses implement ``__len__``, ``load(i) -> [F, T_i]`` and may name ``describe(i)``."""
 
   def __init__(self):
     self.skipped: dict[str, int] = {}  # reason -> count (per process)
 
+  @abc.abstractmethod
   def __len__(self) -> int:
-    raise NotImplementedError
+    """Number of records."""
 
+  @abc.abstractmethod
   def load(self, index: int) -> np.ndarray:
-    raise NotImplementedError
+    """Raw log-mel ``[F, T_i]`` of record ``index``; raises BadRecord / AudioError when unusable."""
 
   def describe(self, index: int) -> str:
     return f"record {index}"
