@@ -29,38 +29,17 @@ SUMMARY_FILE = "summary.json"
 
 
 def final_probe(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """Linear probe of the run's latest encoder and of a random-init one of the same architecture.
+  """Linear probe of the run's latest encoder against a random-init encoder and log-mel statistics.
 
   Tasks: ``config.probe.tasks`` (EVAR CSVs, ``tfds:NAME``), or, when none are given and the run
   pretrained on the synthetic source, the synthetic event/pitch/timbre tasks on fresh clips
   (seed ``data.synthetic.seed + 1``). Writes ``WORKDIR/probe.json`` and ``probe.md``.
-  Returns ``{"pretrained": {task: result}, "random_init": {task: result}}``.
+  Returns ``{"pretrained" | "random_init" | "logmel_stats": {task: result}}``.
   """
-  # pylint: disable=import-outside-toplevel
-  from dwm_jax.data.labeled import synthetic_tasks
-  from dwm_jax.data.log_mel import LogMelSpec
-  from dwm_jax.evaluate.encoder import load_encoder, random_encoder
-  from dwm_jax.evaluate.probe import evaluate_tasks, markdown_table
-  from dwm_jax.evaluate.probe_cli import load_tasks
-
-  tasks = load_tasks(list(config.probe.tasks))
-  if not tasks and config.data.source == "synthetic":
-    s = config.data.synthetic
-    tasks = synthetic_tasks(int(config.probe.synthetic_clips), seed=int(s.seed) + 1,
-                            seconds=float(s.seconds),
-                            spec=LogMelSpec(n_mels=int(config.model.input_shape[0])))
-  if not tasks:
-    log.warning("probe.after_pretrain: no probe.tasks given; skipping the probe")
-    return {}
-  encoder = load_encoder(workdir)
-  baseline = random_encoder(encoder.model_cfg, seed=int(config.seed), norm_mean=encoder.norm_mean,
-                            norm_std=encoder.norm_std)
-  cache = os.path.join(workdir, "probe_cache")
-  seeds = int(config.probe.seeds)
-  results = {"pretrained": evaluate_tasks(encoder, tasks, seeds=seeds, cache_dir=cache),
-             "random_init": evaluate_tasks(baseline, tasks, seeds=seeds, cache_dir=cache)}
-  table = "\n".join(markdown_table(results[k], title=f"Linear probe: {k.replace('_', '-')} encoder")
-                    for k in results)
+  from dwm_jax.evaluate import run as eval_run  # pylint: disable=import-outside-toplevel
+  results = eval_run.probe_vs_random(config, workdir)
+  table = (f"### Linear probe ({int(config.probe.seeds)} seeds; accuracy or mAP, %)\n\n"
+           + eval_run.results_table(results))
   with open(os.path.join(workdir, "probe.json"), "w") as f:
     json.dump(results, f, indent=2)
   with open(os.path.join(workdir, "probe.md"), "w") as f:

@@ -225,6 +225,9 @@ def _check_probe(c: _Checker) -> None:
   for i, task in enumerate(tasks):
     if not str(task).startswith("tfds:") and not os.path.isfile(str(task)):
       c.fail(f"probe.tasks[{i}]", f"task CSV {task!r} does not exist (or use tfds:NAME)")
+  if c.get("probe.after_pretrain") and not tasks and c.get("data.source") != "synthetic":
+    c.fail("probe.tasks", "probe.after_pretrain needs task CSVs (or tfds:NAME) when "
+           "data.source is not synthetic (the synthetic tasks only stand in for synthetic data)")
 
 
 def validate(config: ml_collections.ConfigDict, *, device_count: int | None = None,

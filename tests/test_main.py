@@ -38,11 +38,14 @@ def test_quickstart_end_to_end(tmp_path):
   probe = summary["probe"]
   assert json.load(open(workdir / "probe.json")) == probe
   tasks = {"synthetic_event", "synthetic_pitch", "synthetic_timbre"}
-  for model in ("pretrained", "random_init"):
+  assert set(probe) == {"pretrained", "random_init", "logmel_stats"}
+  for model in probe:
     assert set(probe[model]) == tasks
     for r in probe[model].values():
       assert r["metric"] == "accuracy" and 0.0 <= r["mean"] <= 1.0 and r["seeds"] == 1
-  assert "Linear probe: pretrained encoder" in open(workdir / "probe.md").read()
+  table = open(workdir / "probe.md").read()
+  for row in ("| pretrained |", "| random-init encoder |", "| log-mel statistics |"):
+    assert row in table
 
   # Rerunning the finished job resumes at its last step: nothing to train, same summary.
   assert cli.main(["pretrain", "--config", QUICKSTART, "--workdir", str(workdir),

@@ -61,6 +61,9 @@ CASES = [
     (_set(log_every_steps=0), "log_every_steps: must be in [1, inf], got 0"),
     (_set(mask__hint__k=0.0), "mask.hint.k: must be in (0.0, inf]"),
     (_set(probe__tasks=("missing.csv",)), "probe.tasks[0]: task CSV 'missing.csv' does not exist"),
+    (_set(data__source="tfds", data__tfds_name="speech_commands", probe__after_pretrain=True),
+     "probe.tasks: probe.after_pretrain needs task CSVs (or tfds:NAME) when data.source is not "
+     "synthetic"),
 ]
 
 

@@ -6,9 +6,7 @@ pretrained on the synthetic source, the synthetic event / pitch / timbre tasks o
 """
 from __future__ import annotations
 
-import logging
 import os
-from typing import Any
 
 import ml_collections
 import numpy as np
@@ -16,24 +14,22 @@ import numpy as np
 from dwm_jax.evaluate.encoder import load_encoder, random_encoder
 from dwm_jax.evaluate.probe import ProbeConfig, evaluate_tasks
 
-log = logging.getLogger(__name__)
-
 
 def config_tasks(config: ml_collections.ConfigDict) -> list:
-  """The probe tasks a config names (see the module docstring)."""
+  """The probe tasks a config names (see the module docstring); log-mels sized for the model."""
+  from dwm_jax.data.labeled import synthetic_tasks
+  from dwm_jax.data.log_mel import LogMelSpec
   from dwm_jax.evaluate.probe_cli import load_tasks
   specs = list(config.probe.tasks or ())
-  synthetic = 0
-  if not specs:
-    if config.data.source != "synthetic":
-      raise ValueError("probe.tasks is empty and data.source is not synthetic: name the task "
-                       "CSVs (or tfds:NAME) to probe with --config.probe.tasks")
-    synthetic = int(config.probe.synthetic_clips)
-  from dwm_jax.data.labeled import synthetic_tasks
+  if not specs and config.data.source != "synthetic":
+    raise ValueError("probe.tasks is empty and data.source is not synthetic: name the task "
+                     "CSVs (or tfds:NAME) to probe with --config.probe.tasks")
   tasks = load_tasks(specs, data_dir=config.data.get("tfds_data_dir") or None)
-  if synthetic:
-    tasks = synthetic_tasks(synthetic, seed=int(config.data.synthetic.seed) + 1,
-                            seconds=float(config.data.synthetic.seconds)) + tasks
+  if not specs:
+    s = config.data.synthetic
+    tasks = synthetic_tasks(int(config.probe.synthetic_clips), seed=int(s.seed) + 1,
+                            seconds=float(s.seconds),
+                            spec=LogMelSpec(n_mels=int(config.model.input_shape[0])))
   return tasks
 
 
@@ -53,13 +49,18 @@ def comparison_table(rows: dict[str, dict[str, dict]]) -> str:
   return "\n".join(lines) + "\n"
 
 
-def probe_vs_random(config: ml_collections.ConfigDict, workdir: str,
-                    tasks: list | None = None) -> dict[str, Any]:
-  """Probes the workdir's latest encoder and a random-init encoder of the same architecture.
+BASELINES = ("random_init", "logmel_stats")
+LABELS = {"pretrained": "pretrained", "random_init": "random-init encoder",
+          "logmel_stats": "log-mel statistics"}
 
-  Returns ``{"pretrained": results, "random_init": results, "average": {"pretrained": float,
-  "random_init": float}, "table": markdown}`` where ``results`` is
-  ``{task: {"metric", "mean", "std", "seeds"}}`` (see ``evaluate_tasks``).
+
+def probe_vs_random(config: ml_collections.ConfigDict, workdir: str,
+                    tasks: list | None = None) -> dict[str, dict]:
+  """Probes the workdir's latest encoder and the baselines on the same tasks.
+
+  Baselines: a random-init encoder of the same architecture (seed ``config.seed``) and per-bin
+  log-mel statistics. Returns ``{"pretrained" | "random_init" | "logmel_stats": results}``,
+  ``results = {task: {"metric", "mean", "std", "seeds"}}`` (see ``evaluate_tasks``).
   """
   tasks = config_tasks(config) if tasks is None else tasks
   encoder = load_encoder(workdir)
@@ -67,12 +68,11 @@ def probe_vs_random(config: ml_collections.ConfigDict, workdir: str,
                             norm_mean=encoder.norm_mean, norm_std=encoder.norm_std)
   seeds = int(config.probe.seeds)
   cache = os.path.join(workdir, "probe_cache")
-  out = {"pretrained": evaluate_tasks(encoder, tasks, seeds=seeds, cache_dir=cache,
-                                      config=ProbeConfig()),
-         "random_init": evaluate_tasks(baseline, tasks, seeds=seeds, cache_dir=cache,
-                                       config=ProbeConfig())}
-  out["average"] = {k: average(v) for k, v in out.items()}
-  out["table"] = comparison_table({"pretrained": out["pretrained"],
-                                   "random init": out["random_init"]})
-  log.info("linear probe (%d seeds):\n%s", seeds, out["table"])
-  return out
+  models = {"pretrained": encoder, "random_init": baseline, "logmel_stats": "logmel"}
+  return {name: evaluate_tasks(m, tasks, seeds=seeds, cache_dir=cache, config=ProbeConfig())
+          for name, m in models.items()}
+
+
+def results_table(results: dict[str, dict]) -> str:
+  """:func:`probe_vs_random`'s results as one Markdown table, models as rows."""
+  return comparison_table({LABELS.get(k, k): v for k, v in results.items()})

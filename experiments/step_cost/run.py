@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dwm_jax import masking, patching
+from dwm_jax import masking, objectives, patching
 from dwm_jax.config import base_config
 from dwm_jax.train import state as state_lib, step as step_lib
 
@@ -47,29 +47,38 @@ def matmul_flops_per_s(n: int, steps: int) -> float:
   return 2 * n ** 3 / timed(lambda: mm(a, b).block_until_ready(), steps)
 
 
-def config_for(size: str, strategy: str, batch: int):
+def config_for(size: str, strategy: str, batch: int, frames: int = 608):
   c = base_config()
+  c.model.input_shape = (80, frames)
   c.model.name = size
   c.mask.name = strategy
   c.batch_size = batch
   return c
 
 
-def bench_size(size: str, strategies: list[str], batch: int, steps: int) -> list[dict]:
+def bench_size(size: str, strategies: list[str], batch: int, steps: int,
+               frames: int = 608) -> list[dict]:
+  """Times every strategy's step and the precomputed-mask step in interleaved rounds.
+
+  Round r times each variant once, in turn, so slow drifts of a busy or throttling machine hit all
+  variants alike; the mask share is the median over rounds of the paired difference
+  ``(t_strategy - t_precomputed) / t_strategy``. The sampling alone (``sample_mask`` jitted on its
+  own, same shapes) is timed as well: its share of the step is the precise figure when the
+  paired difference is inside the step's noise.
+  """
   n_dev = jax.local_device_count()
   total, per_epoch = 10_000, 100
-  c = config_for(size, "random", batch)
+  c = config_for(size, "random", batch, frames)
   host_state = state_lib.create_train_state(c, jax.random.key(0), total_steps=total,
                                             steps_per_epoch=per_epoch)
   grid = patching.grid_for(tuple(c.model.input_shape), tuple(c.model.patch_size))
   x = np.random.default_rng(0).normal(size=(batch,) + tuple(c.model.input_shape))
   x = x.astype(np.float32)
   key = jax.random.key(1)
-  mask = masking.sample("random", key, patching.patchify(jnp.asarray(x), (16, 16)), grid=grid,
-                        ratio=float(c.mask.ratio))
-  rows = []
+  patches = patching.patchify(jnp.asarray(x), (16, 16))
+  mask = masking.sample("random", key, patches, grid=grid, ratio=float(c.mask.ratio))
 
-  def run(cfg, precomputed: bool) -> float:
+  def step_fn(cfg, precomputed: bool):
     fn = step_lib.make_pmapped_train_step(cfg, total_steps=total, steps_per_epoch=per_epoch,
                                           precomputed_mask=precomputed)
     batch_in = {"logmel": x, "mask": np.asarray(mask)} if precomputed else {"logmel": x}
@@ -79,8 +88,14 @@ def bench_size(size: str, strategies: list[str], batch: int, steps: int) -> list
     def one():
       holder[0], m = fn(holder[0], batch_in, key, 0.5)
       jax.block_until_ready(m["loss"])
+    return one
 
-    return timed(one, steps)
+  def mask_fn(cfg):
+    objective = objectives.from_config(cfg)
+    local = patches[:batch // n_dev]  # one device's share, as inside the pmapped step
+    fn = jax.jit(lambda k, p, h, params: step_lib.sample_mask(cfg, k, p, h, objective=objective,
+                                                              params=params))
+    return lambda: jax.block_until_ready(fn(key, local, jnp.float32(0.5), host_state.params))
 
   # Per-device FLOPs of the step's model compute (precomputed-mask step, one device's shard).
   single = jax.jit(step_lib.make_train_step(c, total_steps=total, steps_per_epoch=per_epoch,
@@ -90,14 +105,29 @@ def bench_size(size: str, strategies: list[str], batch: int, steps: int) -> list
   cost = cost[0] if isinstance(cost, list) else cost
   flops = float(cost.get("flops", float("nan"))) * n_dev
 
-  t_pre = run(c, True)
+  fns = {"precomputed": step_fn(c, True)}
+  fns.update({s: step_fn(config_for(size, s, batch, frames), False) for s in strategies})
+  for fn in fns.values():
+    fn()  # compile and warm up before any timed round
+  times = {name: [] for name in fns}
+  for _ in range(steps):
+    for name, fn in fns.items():
+      t = time.perf_counter()
+      fn()
+      times[name].append(time.perf_counter() - t)
+  t_pre = statistics.median(times["precomputed"])
+  rows = []
   for s in strategies:
-    t = run(config_for(size, s, batch), False)
+    t = statistics.median(times[s])
+    paired = statistics.median((a - b) / a for a, b in zip(times[s], times["precomputed"]))
+    t_mask = timed(mask_fn(config_for(size, s, batch, frames)), steps)
     rows.append(dict(size=size, strategy=s, batch=batch, devices=n_dev, step_s=t,
-                     precomputed_step_s=t_pre, clips_per_s=batch / t,
-                     mask_share=(t - t_pre) / t, step_flops=flops, flops_per_s=flops / t))
+                     precomputed_step_s=t_pre, clips_per_s=batch / t, mask_share=paired,
+                     mask_only_s=t_mask, mask_only_share=t_mask / t, rounds=steps,
+                     step_flops=flops, flops_per_s=flops / t))
     print(f"{size:6s} {s:15s} step {t * 1e3:9.2f} ms  pre {t_pre * 1e3:9.2f} ms  "
-          f"share {rows[-1]['mask_share']:+.3f}", flush=True)
+          f"paired share {paired:+.4f}  mask alone {t_mask * 1e3:8.3f} ms "
+          f"({t_mask / t:.4%})", flush=True)
   return rows
 
 
@@ -112,12 +142,14 @@ def write(rows: list[dict], peak: float, out: Path, device: str) -> None:
     w.writeheader()
     w.writerows(rows)
   lines = [f"Device: {device}; matmul peak {peak / 1e9:.1f} GFLOP/s (float32).", "",
-           "| size | strategy | batch | step ms | precomputed ms | clips/s | mask share | "
-           "x random | GFLOP/s | MFU |", "|---|---|---|---|---|---|---|---|---|---|"]
+           "| size | strategy | batch | step ms | precomputed ms | clips/s | mask share (paired) | "
+           "mask alone ms | mask alone share | x random | GFLOP/s | MFU |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|"]
   for r in rows:
     lines.append(f"| {r['size']} | {r['strategy']} | {r['batch']} | {r['step_s'] * 1e3:.1f} | "
                  f"{r['precomputed_step_s'] * 1e3:.1f} | {r['clips_per_s']:.1f} | "
-                 f"{r['mask_share'] * 100:+.1f}% | {r['vs_random']:.3f} | "
+                 f"{r['mask_share'] * 100:+.1f}% | {r['mask_only_s'] * 1e3:.3f} | "
+                 f"{r['mask_only_share'] * 100:.3f}% | {r['vs_random']:.3f} | "
                  f"{r['flops_per_s'] / 1e9:.1f} | {r['mfu'] * 100:.0f}% |")
   (out / "results.md").write_text("\n".join(lines) + "\n")
   print("\n".join(lines))
@@ -145,7 +177,9 @@ def main(argv=None) -> int:
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--sizes", default="tiny,small,base")
   p.add_argument("--strategies", default=",".join(masking.names()))
-  p.add_argument("--steps", type=int, default=5)
+  p.add_argument("--steps", type=int, default=5,
+                 help="timed rounds (each times every strategy and the precomputed step once)")
+  p.add_argument("--frames", type=int, default=608, help="input frames (multiple of 16)")
   p.add_argument("--batch", type=int, default=0, help="global batch (0: per-size default)")
   p.add_argument("--small", action="store_true", help="tiny only, random/dwm/informed, 3 steps")
   p.add_argument("--out", default=str(Path(__file__).parent / "results"))
@@ -161,7 +195,7 @@ def main(argv=None) -> int:
   for size in sizes:
     batch = a.batch or batches[size]
     batch -= batch % jax.local_device_count()
-    rows += bench_size(size, strategies, batch, steps)
+    rows += bench_size(size, strategies, batch, steps, a.frames)
   write(rows, peak, Path(a.out), device)
   return 0
 

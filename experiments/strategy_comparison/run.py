@@ -80,7 +80,7 @@ def base_config(scale: str):
   return c
 
 
-PROBE_CLIPS = {"tiny": 30, "cpu": 600, "gpu": 2000}
+PROBE_CLIPS = {"tiny": 30, "cpu": 1500, "gpu": 2000}
 
 
 def use_folder(c, folder: str) -> None:
@@ -324,7 +324,8 @@ def main(argv: list[str] | None = None) -> int:
 
   def meta(steps) -> dict:
     setup = (f"scale={args.scale}; ViT {m.name} (width {m.get('width') or 'default'}, depth "
-             f"{m.get('depth') or 'default'}) on {tuple(m.input_shape)} log-mel, M2D objective, "
+             f"{m.get('depth') or 'default'}) on {tuple(m.input_shape)} log-mel, "
+             f"{base.objective.name.upper()} objective, "
              f"mask ratio {base.mask.ratio}, hint schedule from epoch {base.mask.hint.start_epoch}"
              f" (k={base.mask.hint.k}), batch {base.batch_size}, {steps} steps, seed {args.seed}; "
              f"data: {args.data or f'synthetic ({base.data.synthetic.num_clips} clips)'}; probe: "
@@ -334,7 +335,9 @@ def main(argv: list[str] | None = None) -> int:
 
   # Baselines first; results are rewritten after every strategy, so a long run that is cut short
   # still leaves the strategies it finished.
-  rnd = random_encoder(base.model, seed=args.seed)
+  from dwm_jax.data.pipeline import norm_stats
+  mean, std = norm_stats(base.data)  # the normalisation the pretrained encoders are exported with
+  rnd = random_encoder(base.model, seed=args.seed, norm_mean=mean, norm_std=std)
   baselines = [row("random-init encoder", evaluate_tasks(rnd, tasks, seeds=args.seeds)),
                row("log-mel statistics", evaluate_tasks("logmel", tasks, seeds=args.seeds))]
   rows = []

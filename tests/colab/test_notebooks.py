@@ -81,7 +81,7 @@ def test_notebook_runs_top_to_bottom(name, kernel_dir, tmp_path):
   if name == "quickstart.ipynb":
     summary = json.load(open(tmp_path / "quickstart" / "summary.json"))
     assert summary["step"] == 8 and not summary["preempted"]
-    assert set(summary["probe"]) == {"pretrained", "random_init"}
+    assert set(summary["probe"]) == {"pretrained", "random_init", "logmel_stats"}
     rows = [json.loads(line) for line in open(tmp_path / "quickstart" / "metrics.jsonl")]
     assert [r["step"] for r in rows] == list(range(1, 9))
     # spectrogram, gallery, loss curve, run mask PNG, probe bars
