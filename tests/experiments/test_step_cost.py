@@ -30,7 +30,7 @@ def test_step_cost_tiny_run(tmp_path, monkeypatch):
     assert 0 < mask_only < step  # sampling alone is a part of the step
     assert math.isclose(float(r["mask_only_share"]), mask_only / step, rel_tol=1e-6)
     assert 0 < float(r["mfu"]) and math.isfinite(float(r["mask_share"]))
-  assert float(rows[0]["vs_random"]) == 1.0
+  assert float(rows[0]["vs_random"]) == 1.0 and float(rows[0]["extra_vs_random"]) == 0.0
   table = (tmp_path / "results.md").read_text()
   assert "| tiny | dwm | 2 |" in table and "mask alone share" in table
   assert (tmp_path / "step_time.png").stat().st_size > 0
