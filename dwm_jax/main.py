@@ -37,7 +37,7 @@ def final_probe(config: ml_collections.ConfigDict, workdir: str) -> dict[str, An
   Returns ``{"pretrained" | "random_init" | "logmel_stats": {task: result}}``.
   """
   from dwm_jax.evaluate import run as eval_run  # pylint: disable=import-outside-toplevel
-  results = eval_run.probe_vs_random(config, workdir)
+  results = eval_run.probe_with_baselines(config, workdir)
   table = (f"### Linear probe ({int(config.probe.seeds)} seeds; accuracy or mAP, %)\n\n"
            + eval_run.results_table(results))
   with open(os.path.join(workdir, "probe.json"), "w") as f:

@@ -1,4 +1,4 @@
-"""The probe that ends a pretraining run: its encoder vs a random-init one, on ``config.probe``.
+"""The probe that ends a pretraining run: its encoder vs the baselines, on ``config.probe``.
 
 Tasks: ``config.probe.tasks`` (EVAR CSVs or ``tfds:NAME``); when none are given and the run
 pretrained on the synthetic source, the synthetic event / pitch / timbre tasks on
@@ -49,12 +49,10 @@ def comparison_table(rows: dict[str, dict[str, dict]]) -> str:
   return "\n".join(lines) + "\n"
 
 
-BASELINES = ("random_init", "logmel_stats")
-LABELS = {"pretrained": "pretrained", "random_init": "random-init encoder",
-          "logmel_stats": "log-mel statistics"}
+LABELS = {"random_init": "random-init encoder", "logmel_stats": "log-mel statistics"}
 
 
-def probe_vs_random(config: ml_collections.ConfigDict, workdir: str,
+def probe_with_baselines(config: ml_collections.ConfigDict, workdir: str,
                     tasks: list | None = None) -> dict[str, dict]:
   """Probes the workdir's latest encoder and the baselines on the same tasks.
 
@@ -74,5 +72,5 @@ def probe_vs_random(config: ml_collections.ConfigDict, workdir: str,
 
 
 def results_table(results: dict[str, dict]) -> str:
-  """:func:`probe_vs_random`'s results as one Markdown table, models as rows."""
+  """:func:`probe_with_baselines`'s results as one Markdown table, models as rows."""
   return comparison_table({LABELS.get(k, k): v for k, v in results.items()})
