@@ -212,7 +212,7 @@ QUICKSTART = [
     '''),
     code('''
       from dwm_jax import masking
-      from dwm_jax.masking import show
+      from dwm_jax.plots import masks as show
 
       logmel = show.load_log_mel(AUDIO_PATH or None, index=CLIP_INDEX, seed=SEED, start=AUDIO_START)
       source = AUDIO_PATH or f"synthetic clip {CLIP_INDEX}"
@@ -234,23 +234,19 @@ QUICKSTART = [
       `train_and_evaluate` is what `dwm-jax pretrain` runs; a rerun resumes from the workdir.
     '''),
     code('''
-      import importlib.util
       import logging
 
+      from configs import quickstart
       from dwm_jax.main import train_and_evaluate
 
-      cfg_spec = importlib.util.spec_from_file_location(
-          "quickstart_config", os.path.join(REPO, "configs", "quickstart.py"))
-      cfg_module = importlib.util.module_from_spec(cfg_spec)
-      cfg_spec.loader.exec_module(cfg_module)
-      config = cfg_module.get_config()
+      config = quickstart.get_config()
       config.seed = SEED
       config.mask.name = MASK
       config.log_every_steps = 5  # a denser loss curve than the CLI's
       if TOTAL_STEPS:
         config.total_steps = TOTAL_STEPS
       if SMOKE:  # seconds, not minutes: a one-block ViT on 64-frame crops of 32 short clips
-        config.model.input_shape, config.data.crop_frames = (80, 64), 64
+        config.model.input_shape = (80, 64)
         config.model.width, config.model.depth, config.model.heads, config.model.mlp_dim = 32, 1, 2, 64
         config.objective.predictor_depth = 1
         config.objective.predictor_dim, config.objective.predictor_heads = 32, 2
@@ -538,7 +534,7 @@ EXPLORER = [
       import numpy as np
 
       from dwm_jax import masking, patching
-      from dwm_jax.masking import show
+      from dwm_jax.plots import masks as show
 
       logmel = show.load_log_mel(AUDIO_PATH or None, index=CLIP_INDEX, seed=SEED, start=AUDIO_START)
       patches, GRID = show.to_patches(logmel)  # [1, N, 256], (Fp, Tp)

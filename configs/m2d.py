@@ -31,7 +31,6 @@ def get_config(arg: str | None = None):
   c.mask.hint.k = 2.0              # then h = 1 - (epoch / epochs) ** 2
 
   c.data.source = a["data"]
-  c.data.crop_frames = 608
   c.data.num_workers = 8           # decoding / cropping processes per host
 
   c.batch_size = 2048

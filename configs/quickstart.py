@@ -35,7 +35,6 @@ def get_config(arg: str | None = None):
   c.mask.hint.k = 2.0
 
   c.data.source = "synthetic"
-  c.data.crop_frames = 208
   c.data.synthetic.num_clips = 512
   c.data.synthetic.seconds = 2.08
   c.data.num_workers = 0

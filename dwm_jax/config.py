@@ -23,6 +23,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.dtype = "float32"        # compute dtype: float32 | bfloat16 (params stay float32)
   c.model.dropout = 0.0
   c.model.drop_path = 0.0
+  # Rematerialise every transformer block (encoder and predictor/decoder) in the backward pass:
+  # activation memory per clip falls several-fold for about a third more compute.
+  c.model.remat = False
   # Optional overrides of the named size (None = the size's value; see models.vit.MODEL_SIZES).
   c.model.width = config_dict.placeholder(int)
   c.model.depth = config_dict.placeholder(int)
@@ -42,7 +45,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.mask = ml_collections.ConfigDict()
   c.mask.name = "dwm"              # any name in dwm_jax.masking.names()
   c.mask.ratio = 0.7
-  c.mask.options = ml_collections.ConfigDict()  # strategy options, e.g. metric="variance"
+  # Strategy options, e.g. metric="variance" for dwm. Any registered option of the strategy can be
+  # set from the command line too: --config.mask.options.NAME=VALUE (see dwm_jax.main).
+  c.mask.options = ml_collections.ConfigDict()
   c.mask.hint = ml_collections.ConfigDict()
   c.mask.hint.start_epoch = 50.0   # h = 1 (random) before this epoch
   c.mask.hint.k = 2.0              # then h = 1 - (epoch / epochs) ** k
@@ -56,7 +61,6 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.tfds_data_dir = ""
   c.data.tfds_split = "train"
   c.data.tfds_audio_key = "audio"  # tfds: the Audio feature to read
-  c.data.crop_frames = 608
   c.data.norm_mean = -7.1          # M2D's AudioSet log-mel statistics
   c.data.norm_std = 4.2
   c.data.stats = ""                # stats JSON (written by `dwm-jax prepare`): overrides the two above

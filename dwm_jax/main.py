@@ -7,7 +7,12 @@
 
 Library entry: :func:`train_and_evaluate`. Exit status: 0 when finished or stopped by
 SIGTERM/SIGINT after saving a checkpoint (rerun the same command to resume), 1 on a NaN/Inf
-loss, 2 on an invalid config or command line.
+loss, 2 on an invalid config or command line, or a step that does not fit in device memory
+(found before step 1).
+
+Strategy options: ``--config.mask.options.NAME=VALUE`` sets any registered option of the run's
+strategy (``mask.name``), typed by the option's default, e.g. ``--config.mask.options.metric=variance``
+for ``dwm`` or ``--config.mask.options.min_aspect=0.5`` for ``block``.
 """
 from __future__ import annotations
 
@@ -26,6 +31,7 @@ from dwm_jax import distributed, validate
 
 log = logging.getLogger("dwm_jax")
 SUMMARY_FILE = "summary.json"
+OPTION_FLAG = "--config.mask.options."
 
 
 def final_probe(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -64,13 +70,74 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   summary = loop.train(config, workdir)
   if jax.process_index() != 0:
     return summary
+  path = os.path.join(summary["workdir"], SUMMARY_FILE)
+  summary = merge_summary(read_summary(path), summary)
   if config.probe.after_pretrain and not summary["preempted"]:
     summary["probe"] = final_probe(config, workdir)
-  path = os.path.join(summary["workdir"], SUMMARY_FILE)
   with open(path + ".tmp", "w") as f:
     json.dump(summary, f, indent=2)
   os.replace(path + ".tmp", path)
   return summary
+
+
+def read_summary(path: str) -> dict[str, Any] | None:
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except (OSError, ValueError):
+    return None
+
+
+def merge_summary(old: dict[str, Any] | None, new: dict[str, Any]) -> dict[str, Any]:
+  """The record of the whole run across restarts: a rerun that trains nothing keeps the figures
+  of the invocations that did; training time and steps add up over resumed invocations."""
+  if not old:
+    return new
+  merged = dict(new)
+  if not new["steps_trained"]:
+    for k in ("final_loss", "clips_per_sec", "probe"):
+      if old.get(k) is not None:
+        merged[k] = old[k]
+  merged["train_seconds"] = old.get("train_seconds", 0.0) + new["train_seconds"]
+  merged["steps_trained"] = old.get("steps_trained", 0) + new["steps_trained"]
+  return merged
+
+
+def split_mask_options(argv: list[str]) -> tuple[list[str], list[tuple[str, str]]]:
+  """Takes ``--config.mask.options.NAME=VALUE`` (or ``... NAME VALUE``) out of ``argv``.
+
+  The strategy's options are typed by its registered defaults, which the config file cannot know
+  in advance, so they are applied once the config (and ``mask.name``) is final.
+  """
+  rest, options = [], []
+  it = iter(argv)
+  for arg in it:
+    if not arg.startswith(OPTION_FLAG):
+      rest.append(arg)
+      continue
+    name, sep, value = arg[len(OPTION_FLAG):].partition("=")
+    if not sep:
+      value = next(it, None)
+      if value is None:
+        raise ValueError(f"{arg} needs a value")
+    options.append((name, value))
+  return rest, options
+
+
+def apply_mask_options(config: ml_collections.ConfigDict, options: list[tuple[str, str]]) -> None:
+  """Sets each ``(NAME, text)`` as ``config.mask.options.NAME``, typed by the strategy."""
+  from dwm_jax import masking  # pylint: disable=import-outside-toplevel
+  problems = []
+  for name, text in options:
+    try:
+      value = masking.parse_option(config.mask.name, name, text)
+    except ValueError as e:
+      problems.append(f"mask.options.{name}: {e}")
+      continue
+    with config.unlocked():
+      config.mask.options[name] = value
+  if problems:
+    raise validate.ConfigError(problems)
 
 
 def _flags(argv: list[str]) -> tuple[flags.FlagValues, Any]:
@@ -120,6 +187,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   argv = list(sys.argv[1:] if argv is None else argv)
   prog = "dwm-jax pretrain"
   try:
+    argv, mask_options = split_mask_options(argv)
     fv, config_flag = _flags([prog, *argv])
     fv([prog, *argv])
     if fv.config is None or fv.workdir is None:
@@ -143,9 +211,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 2
   distributed.initialize(setup)
   from dwm_jax.train.loop import NonFiniteLossError  # pylint: disable=import-outside-toplevel
+  from dwm_jax.train.memory import DoesNotFit  # pylint: disable=import-outside-toplevel
   try:
+    apply_mask_options(config, mask_options)
     summary = train_and_evaluate(config, fv.workdir)
-  except validate.ConfigError as e:
+  except (validate.ConfigError, DoesNotFit) as e:
     print(f"{prog}: {e}", file=sys.stderr)
     return 2
   except NonFiniteLossError as e:

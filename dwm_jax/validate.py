@@ -113,9 +113,6 @@ def _check_model(c: _Checker) -> patching.Grid | None:
     c.fail("model.input_shape", f"{shape[0]}x{shape[1]} is not divisible by the patch size "
            f"{patch[0]}x{patch[1]}")
     return None
-  crop = c.get("data.crop_frames")
-  if crop is not None and crop != shape[1]:
-    c.fail("data.crop_frames", f"{crop} differs from model.input_shape's {shape[1]} frames")
   return patching.grid_for(shape, patch)
 
 

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from dwm_jax import distributed
-from train.conftest import (assert_same_tree, cache_dir, compile_cache,  # noqa: F401
+from tests.train.conftest import (assert_same_tree, cache_dir, compile_cache,  # noqa: F401
                             saved_state)
 
 TESTS = os.path.dirname(os.path.abspath(__file__))

@@ -7,7 +7,7 @@ import pytest
 
 from dwm_jax import cli
 # The launcher tests' persistent compilation cache (fixtures shared with tests/train).
-from train.conftest import cache_dir, compile_cache  # noqa: F401  pylint: disable=unused-import
+from tests.train.conftest import cache_dir, compile_cache  # noqa: F401  pylint: disable=unused-import
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 QUICKSTART = os.path.join(REPO, "configs", "quickstart.py")

@@ -52,7 +52,6 @@ CASES = [
      "data.root: folder '/nonexistent/audio' does not exist"),
     (_set(data__source="audio"), "data.csv: data.source='audio' needs data.csv"),
     (_set(data__source="tfds"), "data.tfds_name: required for data.source='tfds'"),
-    (_set(data__crop_frames=600), "data.crop_frames: 600 differs from model.input_shape's 608"),
     (_set(data__norm_std=0.0), "data.norm_std: must be in (0.0, inf]"),
     (_set(optim__b2=1.0), "optim.b2: must be in [0.0, 1.0), got 1.0"),
     (_set(optim__accum_steps=0), "optim.accum_steps: must be in [1, inf]"),

@@ -7,7 +7,7 @@ The pipeline names resolve lazily (PEP 562), so worker processes that only need 
 import importlib
 
 from dwm_jax.data.audio_io import AudioError, load_audio
-from dwm_jax.data.labeled import Task, load_task, synthetic_tasks
+from dwm_jax.data.labeled import Task, load_task, load_tasks, synthetic_tasks
 from dwm_jax.data.log_mel import LogMelSpec, log_mel, mel_filterbank
 from dwm_jax.data.stats import Stats, compute_stats, load_stats, save_stats
 from dwm_jax.data.synthetic import EVENT_NAMES, PITCH_NAMES, TIMBRE_NAMES, synthesize_clip

@@ -244,3 +244,26 @@ def synthetic_tasks(num_clips: int, seed: int = 0, seconds: float = 6.08,
     y = {s: np.asarray([lab[task] for lab in labels[s]], np.int64) for s in SPLITS}
     tasks.append(Task(f"synthetic_{task}", False, list(names), x, y))
   return tasks
+
+
+def load_tasks(specs: list[str], *, synthetic: int = 0, synthetic_seed: int = 1,
+               data_dir: str | None = None, sep: str = ",") -> list[Task]:
+  """Loads (and validates) every task; raises on the first bad one, naming it."""
+  tasks = []
+  if synthetic:
+    tasks += synthetic_tasks(synthetic, seed=synthetic_seed)
+  for spec in specs:
+    kwargs = {} if spec.startswith("tfds:") else {"sep": sep}
+    try:
+      task = load_task(spec, data_dir=data_dir, **kwargs)
+    except (ValueError, FileNotFoundError) as e:
+      raise type(e)(f"task {spec}: {e}") from e
+    if task.skipped:
+      log.warning("task %s: skipped %d files %s", task.name, sum(task.skipped.values()),
+                  task.skipped)
+    tasks.append(task)
+  names = [t.name for t in tasks]
+  dup = sorted({n for n in names if names.count(n) > 1})
+  if dup:
+    raise ValueError(f"two tasks share the name(s) {dup}; results are keyed by task name")
+  return tasks

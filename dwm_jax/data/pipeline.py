@@ -101,7 +101,7 @@ def make_pretrain_loader(data_cfg, *, input_shape: tuple[int, int] = (80, 608),
 
   Args:
     data_cfg: ``base_config().data``.
-    input_shape: ``(F, T)`` of the model input; ``T`` must equal ``data_cfg.crop_frames``.
+    input_shape: ``(F, T)`` of the model input: ``F`` mel bins, random crops of ``T`` frames.
     global_batch_size: over all processes; divisible by ``process_count``.
     seed: shuffle / crop seed (0 <= seed < 2**31).
     process_index, process_count: ``jax.process_index()``, ``jax.process_count()``.
@@ -111,9 +111,6 @@ def make_pretrain_loader(data_cfg, *, input_shape: tuple[int, int] = (80, 608),
     ``B_local = global_batch_size // process_count``; the iterator has get_state/set_state.
   """
   n_mels, frames = int(input_shape[0]), int(input_shape[1])
-  if int(data_cfg.crop_frames) != frames:
-    raise ValueError(f"data.crop_frames={data_cfg.crop_frames} differs from the model's "
-                     f"input_shape[1]={frames}")
   if global_batch_size <= 0 or global_batch_size % process_count:
     raise ValueError(f"global_batch_size {global_batch_size} must be a positive multiple of "
                      f"process_count {process_count}")

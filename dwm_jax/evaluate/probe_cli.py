@@ -19,6 +19,7 @@ import os
 import sys
 import time
 
+from dwm_jax.data import labeled
 from dwm_jax.evaluate.probe import ProbeConfig, evaluate_tasks, markdown_table
 
 log = logging.getLogger(__name__)
@@ -49,30 +50,6 @@ def _parser() -> argparse.ArgumentParser:
   return p
 
 
-def load_tasks(specs: list[str], *, synthetic: int = 0, synthetic_seed: int = 1,
-               data_dir: str | None = None, sep: str = ",") -> list:
-  """Loads (and validates) every task; raises on the first bad one, naming it."""
-  from dwm_jax.data.labeled import load_task, synthetic_tasks
-  tasks = []
-  if synthetic:
-    tasks += synthetic_tasks(synthetic, seed=synthetic_seed)
-  for spec in specs:
-    kwargs = {} if spec.startswith("tfds:") else {"sep": sep}
-    try:
-      task = load_task(spec, data_dir=data_dir, **kwargs)
-    except (ValueError, FileNotFoundError) as e:
-      raise type(e)(f"task {spec}: {e}") from e
-    if task.skipped:
-      log.warning("task %s: skipped %d files %s", task.name, sum(task.skipped.values()),
-                  task.skipped)
-    tasks.append(task)
-  names = [t.name for t in tasks]
-  dup = sorted({n for n in names if names.count(n) > 1})
-  if dup:
-    raise ValueError(f"two tasks share the name(s) {dup}; results are keyed by task name")
-  return tasks
-
-
 def _model(args):
   from dwm_jax.evaluate.encoder import load_encoder, random_encoder
   if args.baseline == "logmel":
@@ -93,7 +70,7 @@ def run(args: argparse.Namespace) -> dict[str, dict]:
   if args.seeds < 1:
     raise ValueError(f"--seeds must be >= 1, got {args.seeds}")
   t0 = time.perf_counter()
-  tasks = load_tasks(args.task, synthetic=args.synthetic, synthetic_seed=args.synthetic_seed,
+  tasks = labeled.load_tasks(args.task, synthetic=args.synthetic, synthetic_seed=args.synthetic_seed,
                      data_dir=args.tfds_data_dir, sep=args.sep)
   for t in tasks:
     print(f"{t}" + (f"  skipped files: {t.skipped}" if t.skipped else ""))

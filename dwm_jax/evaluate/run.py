@@ -19,7 +19,7 @@ def config_tasks(config: ml_collections.ConfigDict) -> list:
   """The probe tasks a config names (see the module docstring); log-mels sized for the model."""
   from dwm_jax.data.labeled import synthetic_tasks
   from dwm_jax.data.log_mel import LogMelSpec
-  from dwm_jax.evaluate.probe_cli import load_tasks
+  from dwm_jax.data.labeled import load_tasks
   specs = list(config.probe.tasks or ())
   if not specs and config.data.source != "synthetic":
     raise ValueError("probe.tasks is empty and data.source is not synthetic: name the task "

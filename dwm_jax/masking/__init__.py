@@ -13,9 +13,9 @@ from dwm_jax.masking.dwm import dispersion
 from dwm_jax.masking.hint import hint_schedule, hint_swap
 from dwm_jax.masking.ids import MaskIds, ids_to_mask, mask_to_ids
 from dwm_jax.masking.informed import sgim_scores
-from dwm_jax.masking.registry import get, names, register, resolve_options, sample
+from dwm_jax.masking.registry import get, names, parse_option, register, resolve_options, sample
 
 __all__ = [
     "MaskIds", "dispersion", "get", "hint_schedule", "hint_swap", "ids_to_mask", "mask_to_ids",
-    "names", "register", "resolve_options", "sample", "sgim_scores",
+    "names", "parse_option", "register", "resolve_options", "sample", "sgim_scores",
 ]

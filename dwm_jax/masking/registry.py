@@ -10,6 +10,8 @@ so unknown options fail before tracing.
 from __future__ import annotations
 
 import dataclasses
+import types
+import typing
 from typing import Any, Callable
 
 import jax
@@ -63,6 +65,42 @@ def resolve_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
     raise ValueError(f"unknown option(s) {', '.join(unknown)} for masking strategy {name!r}; "
                      f"valid: {valid}")
   return {**strategy.defaults, **options}
+
+
+_TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
+
+
+def option_type(name: str, option: str) -> type:
+  """The Python type of a strategy option: its default's, else its annotation's (``int | None``)."""
+  strategy = get(name)
+  resolve_options(name, {option: None})  # unknown options fail here, naming the valid ones
+  default = strategy.defaults[option]
+  if default is not None:
+    return type(default)
+  hint = typing.get_type_hints(strategy.fn).get(option)
+  args = [a for a in typing.get_args(hint) if a is not type(None)] if isinstance(
+      hint, (types.UnionType, typing._UnionGenericAlias)) else [hint]  # pylint: disable=protected-access
+  if len(args) == 1 and args[0] in (bool, int, float, str):
+    return args[0]
+  raise ValueError(f"option {option!r} of masking strategy {name!r} takes an array; it cannot "
+                   "be set from text")
+
+
+def parse_option(name: str, option: str, text: str) -> Any:
+  """``text`` (e.g. from the command line) as the value of ``option`` of strategy ``name``."""
+  kind = option_type(name, option)
+  value = text.strip()
+  if value.lower() == "none":
+    return None
+  try:
+    if kind is bool:
+      if value.lower() not in _TRUE + _FALSE:
+        raise ValueError(f"expected true or false, got {text!r}")
+      return value.lower() in _TRUE
+    return kind(value)
+  except ValueError as e:
+    raise ValueError(f"option {option!r} of masking strategy {name!r} must be {kind.__name__}: "
+                     f"{e}") from e
 
 
 def check_ratio(ratio: float) -> float:

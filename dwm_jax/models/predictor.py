@@ -12,7 +12,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from dwm_jax import patching
-from dwm_jax.models.vit import LN_EPS, Block, dense_init, sincos_2d, token_init
+from dwm_jax.models.vit import LN_EPS, block_class, dense_init, sincos_2d, token_init
 
 
 class MaskedPredictor(nn.Module):
@@ -23,6 +23,7 @@ class MaskedPredictor(nn.Module):
   heads: int = 16
   mlp_ratio: int = 4
   dtype: Any = jnp.float32
+  remat: bool = False
 
   @nn.compact
   def __call__(self, tokens: jnp.ndarray, ids_restore: jnp.ndarray) -> jnp.ndarray:
@@ -43,8 +44,9 @@ class MaskedPredictor(nn.Module):
     seq = jnp.take_along_axis(seq, ids_restore[..., None].astype(jnp.int32), axis=1)
     seq = seq + jnp.asarray(sincos_2d(self.width, g)).astype(seq.dtype)
     x = jnp.concatenate([x[:, :1], seq], axis=1)
+    block = block_class(self.remat)
     for i in range(self.depth):
-      x = Block(self.width, self.heads, self.mlp_ratio * self.width, self.dtype,
-                name=f"block_{i}")(x)
+      x = block(self.width, self.heads, self.mlp_ratio * self.width, self.dtype,
+                name=f"block_{i}")(x, True)
     x = nn.LayerNorm(epsilon=LN_EPS, dtype=self.dtype, name="norm")(x)
     return nn.Dense(self.out_dim, dtype=self.dtype, kernel_init=dense_init, name="out")(x[:, 1:])

@@ -124,6 +124,16 @@ class Block(nn.Module):
     return x + drop_path(y, deterministic)
 
 
+def block_class(remat: bool) -> type[Block]:
+  """:class:`Block`, or with ``remat`` a version whose activations are recomputed in the
+  backward pass: only each block's input is kept (``nothing_saveable``), which is what bounds
+  the activation memory of a deep stack."""
+  if not remat:
+    return Block
+  # Argument 2 (``deterministic``; 0 is the module) is a Python bool: static.
+  return nn.remat(Block, static_argnums=(2,), policy=jax.checkpoint_policies.nothing_saveable)
+
+
 class ViTEncoder(nn.Module):
   """ViT over patches of one ``(Fp, Tp)`` grid. See the module docstring for the entry points."""
   grid: tuple[int, int]
@@ -134,6 +144,7 @@ class ViTEncoder(nn.Module):
   dtype: Any = jnp.float32
   dropout: float = 0.0
   drop_path: float = 0.0
+  remat: bool = False
 
   def setup(self):
     g = patching.as_grid(self.grid)
@@ -145,7 +156,8 @@ class ViTEncoder(nn.Module):
     self.cls_token = self.param("cls_token", token_init, (1, 1, self.width), jnp.float32)
     # Stochastic depth grows linearly with depth, as in timm / MAE.
     rates = np.linspace(0.0, self.drop_path, self.depth) if self.depth else []
-    self.blocks = [Block(self.width, self.heads, self.mlp_dim, self.dtype, self.dropout,
+    block = block_class(self.remat)
+    self.blocks = [block(self.width, self.heads, self.mlp_dim, self.dtype, self.dropout,
                          float(r), name=f"block_{i}") for i, r in enumerate(rates)]
     self.norm = nn.LayerNorm(epsilon=LN_EPS, dtype=self.dtype, name="norm")
 
@@ -166,7 +178,7 @@ class ViTEncoder(nn.Module):
     cls = jnp.broadcast_to(self.cls_token.astype(tokens.dtype), (b, 1, self.width))
     x = jnp.concatenate([cls, tokens], axis=1)
     for block in self.blocks:
-      x = block(x, deterministic=not train)
+      x = block(x, not train)
     return self.norm(x)
 
   def __call__(self, patches: jnp.ndarray, ids_keep: jnp.ndarray | None = None, *,
@@ -201,4 +213,4 @@ def encoder_from_config(model_cfg) -> ViTEncoder:
   grid = patching.grid_for(tuple(model_cfg.input_shape), tuple(model_cfg.patch_size))
   return ViTEncoder(grid=tuple(grid), dtype=as_dtype(model_cfg.dtype),
                     dropout=float(model_cfg.dropout), drop_path=float(model_cfg.drop_path),
-                    **size_for(model_cfg))
+                    remat=bool(model_cfg.get("remat", False)), **size_for(model_cfg))

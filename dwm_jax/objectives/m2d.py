@@ -46,13 +46,15 @@ class M2D:
     pred = self.predictor.init(k_pred, tokens, ids.ids_restore)["params"]
     return {"encoder": enc, "predictor": pred}
 
-  def init_target(self, params: dict[str, Any]) -> dict[str, Any]:
+  def init_target(self, key: jax.Array, params: dict[str, Any], patches: jnp.ndarray,
+                  ids: MaskIds) -> dict[str, Any]:
     """The EMA target starts as a copy of the online encoder blocks and norm."""
-    return {k: v for k, v in params["encoder"].items() if k not in ONLINE_ONLY}
+    del key, patches, ids
+    return self.target_params_of(params)
 
   def target_params_of(self, params: dict[str, Any]) -> dict[str, Any]:
     """The online counterpart of the target tree (what the EMA follows)."""
-    return self.init_target(params)
+    return {k: v for k, v in params["encoder"].items() if k not in ONLINE_ONLY}
 
   def targets(self, params: dict[str, Any], target_params: dict[str, Any], patches: jnp.ndarray,
               ids: MaskIds) -> jnp.ndarray:
@@ -84,5 +86,6 @@ def from_config(config) -> M2D:
   o = config.objective
   predictor = MaskedPredictor(grid=encoder.grid, out_dim=encoder.width,
                               width=int(o.predictor_dim), depth=int(o.predictor_depth),
-                              heads=int(o.predictor_heads), dtype=as_dtype(config.model.dtype))
+                              heads=int(o.predictor_heads), dtype=as_dtype(config.model.dtype),
+                              remat=bool(config.model.get("remat", False)))
   return M2D(encoder, predictor)

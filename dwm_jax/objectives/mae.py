@@ -45,8 +45,9 @@ class MAE:
     dec = self.decoder.init(k_dec, tokens, ids.ids_restore)["params"]
     return {"encoder": enc, "decoder": dec}
 
-  def init_target(self, params: dict[str, Any]) -> None:
-    del params
+  def init_target(self, key: jax.Array, params: dict[str, Any], patches: jnp.ndarray,
+                  ids: MaskIds) -> None:
+    del key, params, patches, ids
     return None
 
   def loss(self, params: dict[str, Any], target_params: None, patches: jnp.ndarray,
@@ -68,5 +69,6 @@ def from_config(config) -> MAE:
   ph, pw = config.model.patch_size
   decoder = MaskedPredictor(grid=encoder.grid, out_dim=int(ph * pw), width=int(o.predictor_dim),
                             depth=int(o.predictor_depth), heads=int(o.predictor_heads),
-                            dtype=as_dtype(config.model.dtype))
+                            dtype=as_dtype(config.model.dtype),
+                            remat=bool(config.model.get("remat", False)))
   return MAE(encoder, decoder, norm_pix=bool(o.norm_pix_loss))

@@ -15,7 +15,7 @@ def names() -> list[str]:
 def from_config(config) -> Any:
   """``config`` (the whole config: model + objective) -> an objective (``M2D`` or ``MAE``).
 
-  An objective has ``init(key, patches, ids)``, ``init_target(params)``,
+  An objective has ``init(key, patches, ids)``, ``init_target(key, params, patches, ids)``,
   ``loss(params, target_params, patches, ids, *, rng, train) -> (loss, aux)``, ``uses_target``.
   """
   name = config.objective.name

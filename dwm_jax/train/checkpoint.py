@@ -55,18 +55,6 @@ def make_manager(workdir: str, ckpt_cfg: ml_collections.ConfigDict | None = None
   return ocp.CheckpointManager(checkpoint_dir(workdir), options=options)
 
 
-def to_host(tree: Any) -> Any:
-  """A replicated (pmapped, leading device axis) pytree -> one numpy copy of it.
-
-  Reads the first local replica, so it works unchanged on every process of a multi-host run.
-  """
-  def one(x):
-    if isinstance(x, jax.Array):
-      return np.asarray(x.addressable_shards[0].data).reshape(x.shape[1:])
-    return np.asarray(x)[0]
-  return jax.tree.map(one, tree)
-
-
 def save(manager: ocp.CheckpointManager, step: int, *, state: Any, rng: jax.Array,
          data_iter: Any, config: ml_collections.ConfigDict) -> None:
   """Starts an (async) save of ``state`` (host pytree, unreplicated) at ``step``.

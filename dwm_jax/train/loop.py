@@ -1,59 +1,45 @@
-"""The pretraining loop: data -> pmapped train step -> logs and checkpoints, resumable exactly.
+"""The pretraining loop: data -> compiled train step -> logs and checkpoints, resumable exactly.
 
 A run is a pure function of (config, the number of steps done): the state and the data iterator
 position come from the latest checkpoint, the step's mask/dropout key is the run key folded with
-the step number, and the hint ratio is a function of the step. So a run stopped anywhere and
-restarted from its last checkpoint ends with the same parameters as one that never stopped.
+the step counter, and every schedule is a function of that counter inside the step. So a run
+stopped anywhere and restarted from its last checkpoint ends with the same parameters as one that
+never stopped.
+
+What the host does per step, and only that: take the next host batch, start its copy to the
+devices (one step ahead, so it overlaps the running step) and dispatch the compiled step. Metrics
+come back to the host only at logging steps, masks only at mask-PNG steps; the non-finite check
+reads a flag the step keeps on the device, at logging and checkpoint steps. At most two steps are
+in flight, so the host never runs further ahead than the next batch.
 """
 from __future__ import annotations
 
-import dataclasses
+import collections
 import logging
-import math
 import os
 import signal
 import threading
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import jax
 import ml_collections
-import numpy as np
 
-from dwm_jax import masking, objectives
 from dwm_jax.data import pipeline
 from dwm_jax.train import checkpoint as ckpt
+from dwm_jax.train import memory
+from dwm_jax.train import mesh as mesh_lib
 from dwm_jax.train import metrics_log
+from dwm_jax.train import setup as setup_lib
 from dwm_jax.train import state as state_lib
-from dwm_jax.train import step as step_lib
 
 log = logging.getLogger("dwm_jax.train")
+
+IN_FLIGHT = 2  # steps dispatched but not yet waited for
 
 
 class NonFiniteLossError(RuntimeError):
   """The loss (or gradient norm) became NaN/Inf; the run stopped without saving that state."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Schedule:
-  """Run length in train-step calls; ``total_epochs`` drives the hint schedule."""
-  steps_per_epoch: int
-  total_steps: int
-
-  @property
-  def total_epochs(self) -> float:
-    return self.total_steps / self.steps_per_epoch
-
-
-def make_schedule(config: ml_collections.ConfigDict, dataset_size: int) -> Schedule:
-  """``steps_per_epoch`` defaults to ``dataset_size // batch_size``; ``total_steps`` to
-  ``epochs * steps_per_epoch``."""
-  spe = config.steps_per_epoch or dataset_size // int(config.batch_size)
-  if spe < 1:
-    raise ValueError(f"data: {dataset_size} clips make no full batch of {config.batch_size}; "
-                     "lower batch_size or add data")
-  total = config.total_steps or int(math.ceil(float(config.epochs) * spe))
-  return Schedule(int(spe), int(total))
 
 
 class StopRequest:
@@ -94,135 +80,156 @@ class StopRequest:
     return self.signal_name is not None
 
 
-def _check_finite(metrics: dict[str, Any], step: int, last_saved: int | None,
-                  workdir: str) -> None:
-  """``metrics``: the host metrics of step ``step`` (1-based count of steps done)."""
-  bad = {k: float(metrics[k]) for k in ("loss", "grad_norm") if k in metrics
-         and not np.isfinite(metrics[k])}
-  if bad:
-    where = (f"the last good checkpoint (step {last_saved}) in {ckpt.checkpoint_dir(workdir)} "
-             "is intact" if last_saved is not None else "no checkpoint was saved")
-    raise NonFiniteLossError(
-        f"{', '.join(f'{k} = {v}' for k, v in bad.items())} at step {step}: stopping; {where}. "
-        "Lower optim.base_lr, set optim.clip_norm, or check the data.")
+class DataPosition:
+  """The data iterator's position after one batch, in the form grain's orbax handler saves.
+
+  The loop pulls the next batch before it saves the current step, so the live iterator is one
+  batch ahead of the state; this snapshot is taken right after the batch the step trained on.
+  """
+
+  def __init__(self, data_iter: Any):
+    import json  # pylint: disable=import-outside-toplevel
+    self._state = json.dumps(data_iter.get_state()).encode()
+
+  def get_state(self) -> bytes:
+    return self._state
 
 
-def _mask_features(config, state, patches: np.ndarray) -> Any:
-  """Online-encoder tokens ``[1, N, D]`` for strategies that score features, else None."""
-  if not step_lib.wants_features(config.mask.name):
-    return None
-  objective = objectives.from_config(config)
-  params = ckpt.to_host(state.params)["encoder"]
-  return objective.encoder.apply({"params": params}, patches, train=False)[:, 1:]
+def _raise_nonfinite(bad_step: int, last_saved: int | None, workdir: str) -> None:
+  where = (f"the last good checkpoint (step {last_saved}) in {ckpt.checkpoint_dir(workdir)} "
+           "is intact" if last_saved is not None else "no checkpoint was saved")
+  raise NonFiniteLossError(
+      f"loss or gradient norm is NaN/Inf at step {bad_step}: stopping; {where}. "
+      "Lower optim.base_lr, set optim.clip_norm, or check the data.")
 
 
-def _write_mask_png(workdir, writer, config, state, batch, step, epoch, hint, key) -> None:
-  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
-
-  from dwm_jax import patching  # pylint: disable=import-outside-toplevel
-
-  logmel = np.asarray(batch["logmel"][0])
-  patches = patching.patchify(jnp.asarray(logmel[None]), tuple(config.model.patch_size))
-  img = metrics_log.mask_png(
-      os.path.join(workdir, "masks", f"step_{step:08d}.png"), logmel, config,
-      key=jax.random.fold_in(key, step), hint=hint,
-      features=_mask_features(config, state, patches),
-      title=f"step {step}, epoch {epoch:.2f}: first clip of the current batch, "
-            f"{config.mask.name} at ratio {config.mask.ratio}, hint {hint:.2f}")
+def _write_mask_png(workdir: str, writer: Any, setup: setup_lib.RunSetup, batch: Any,
+                    mask: Any, step: int, hint: float) -> None:
+  """The first clip of the global batch and the mask the step trained on (process 0)."""
+  logmel, row = mesh_lib.first_row(batch["logmel"]), mesh_lib.first_row(mask)
+  if logmel is None or row is None:
+    return
+  title = (f"step {step}, epoch {step / setup.steps_per_epoch:.2f}: first clip of the batch and "
+           f"its trained mask ({setup.mask_name}, ratio {setup.mask_ratio}, hint {hint:.2f})")
+  img = metrics_log.mask_png(os.path.join(workdir, "masks", f"step_{step:08d}.png"), logmel,
+                             row, setup.patch_size, title=title)
   writer.write_images(step, {"masks": img[None]})
 
 
+def _initial_state(setup: setup_lib.RunSetup, mesh: Any, key: jax.Array) -> Any:
+  """A fresh state created on the devices, already replicated (no host round trip)."""
+  rep = mesh_lib.replicated(mesh)
+  return jax.jit(lambda k: state_lib.create_train_state(setup, k), out_shardings=rep)(key)
+
+
 def train(config: ml_collections.ConfigDict, workdir: str, *,
-          on_step: Callable[[int], None] | None = None) -> dict[str, Any]:
+          on_step: Callable[[int], None] | None = None,
+          batches: Iterator[dict] | None = None) -> dict[str, Any]:
   """Pretrains ``config`` in ``workdir``, resuming from its latest checkpoint if any.
 
   ``on_step(steps_done)`` runs after every step (and its logging / checkpointing): a hook for
-  notebooks and for the tests that interrupt a run at a chosen step.
+  notebooks and for the tests that interrupt a run at a chosen step. ``batches`` replaces the
+  config's input pipeline (benchmarks feed device-resident batches; checkpoints then hold no
+  data position).
 
   Returns a summary: ``{"step", "total_steps", "preempted", "resumed_from", "final_loss",
-  "train_seconds", "clips_per_sec", "workdir"}``. Raises :class:`NonFiniteLossError` on NaN/Inf.
+  "train_seconds", "steps_trained", "clips_per_sec", "memory", "workdir"}``. Raises
+  :class:`NonFiniteLossError` on NaN/Inf and :class:`memory.DoesNotFit` before step 1 when the
+  step cannot fit in device memory.
   """
   workdir = os.path.abspath(workdir)
   primary = jax.process_index() == 0
-  n_local = jax.local_device_count()
-  sched = make_schedule(config, pipeline.dataset_size(config.data))
+  setup = setup_lib.build(config, pipeline.dataset_size(config.data))
+  mesh = mesh_lib.data_mesh()
   if primary:
     ckpt.write_config(workdir, config)
     log.info("config:\n%s", config)
     log.info("%d devices (%d local), %d processes; global batch %d (%d per device); "
-             "%d steps per epoch, %d steps (%.2f epochs)", jax.device_count(), n_local,
-             jax.process_count(), config.batch_size, config.batch_size // jax.device_count(),
-             sched.steps_per_epoch, sched.total_steps, sched.total_epochs)
+             "%d steps per epoch, %d steps (%.2f epochs)", jax.device_count(),
+             jax.local_device_count(), jax.process_count(), setup.batch_size,
+             setup.batch_size // jax.device_count(), setup.steps_per_epoch, setup.total_steps,
+             setup.total_epochs)
 
-  loader = pipeline.make_pretrain_loader(
-      config.data, input_shape=tuple(config.model.input_shape),
-      global_batch_size=int(config.batch_size), seed=int(config.seed),
-      process_index=jax.process_index(), process_count=jax.process_count())
-  data_iter = iter(loader)
+  compiled, plan = memory.compile_step(setup, mesh)
+  if primary:
+    log.info("%s", plan.summary())
+  memory.check(plan)
+
+  if batches is None:
+    loader = pipeline.make_pretrain_loader(
+        config.data, input_shape=setup.input_shape, global_batch_size=setup.batch_size,
+        seed=int(config.seed), process_index=jax.process_index(),
+        process_count=jax.process_count())
+    data_iter = iter(loader)
+  else:
+    data_iter = batches
 
   k_init, key = jax.random.split(jax.random.key(int(config.seed)))
-  state = state_lib.create_train_state(config, k_init, total_steps=sched.total_steps,
-                                       steps_per_epoch=sched.steps_per_epoch)
-  host_state = jax.device_get(state)
   manager = ckpt.make_manager(workdir, config.checkpoint)
   start = manager.latest_step()
-  if start is not None:
+  if start is None:
+    state = _initial_state(setup, mesh, k_init)
+  else:
     diff = ckpt.config_diff(ckpt.saved_config(manager, start), config)
     if diff:
       log.warning("resuming with a config that differs from the checkpoint's (the run will not "
                   "match an uninterrupted one):\n  %s", "\n  ".join(diff))
-    host_state, key = ckpt.restore(manager, start, state_template=host_state, data_iter=data_iter)
+    host_state, key = ckpt.restore(manager, start, state_template=state_lib.abstract_train_state(
+        setup), data_iter=data_iter if batches is None else None)
+    state = mesh_lib.put_replicated(host_state, mesh)
+    del host_state
     log.info("resumed from step %d of %s", start, ckpt.checkpoint_dir(workdir))
-  state = step_lib.replicate(host_state)
-  del host_state
+  host_key, key = key, mesh_lib.put_replicated(key, mesh)
 
-  p_step = step_lib.make_pmapped_train_step(config, total_steps=sched.total_steps,
-                                            steps_per_epoch=sched.steps_per_epoch)
   writer = metrics_log.make_writer(workdir, is_primary=primary)
   writer.write_hparams(metrics_log.hparams(config))
-  progress = metrics_log.Progress(sched.total_steps, int(config.batch_size))
-  hint_cfg = config.mask.hint
+  progress = metrics_log.Progress(setup.total_steps, setup.batch_size)
+  png_every = int(config.mask_png_every_steps)
   step = start or 0
   last_saved = start
-  prev_metrics = None
   last_logged: dict[str, float] = {}
+  in_flight: collections.deque = collections.deque()
   t_start = time.perf_counter()
   stop = StopRequest(multi_process=jax.process_count() > 1)
 
-  def save(step_done: int, metrics) -> None:
-    nonlocal last_saved
-    _check_finite(ckpt.to_host(metrics), step_done, last_saved, workdir)
-    ckpt.save(manager, step_done, state=ckpt.to_host(state), rng=key, data_iter=data_iter,
-              config=config)
-    last_saved = step_done
+  def pull() -> tuple[Any, Any]:
+    batch = mesh_lib.put_batch(next(data_iter), mesh)
+    return batch, (DataPosition(data_iter) if batches is None else None)
+
+  def check_finite() -> None:
+    bad = int(mesh_lib.to_host(state.first_nonfinite))
+    if bad >= 0:
+      _raise_nonfinite(bad, last_saved, workdir)
 
   try:
     with stop:
-      while step < sched.total_steps:
-        epoch = step / sched.steps_per_epoch
-        hint = float(masking.hint_schedule(epoch, sched.total_epochs,
-                                           start_epoch=float(hint_cfg.start_epoch),
-                                           k=float(hint_cfg.k), fixed=hint_cfg.fixed))
-        batch = next(data_iter)
-        if primary and config.mask_png_every_steps and step % config.mask_png_every_steps == 0:
-          _write_mask_png(workdir, writer, config, state, batch, step, epoch, hint, key)
-        state, metrics = p_step(state, step_lib.shard(batch), key, hint)
-        if prev_metrics is not None:  # one step behind: the device stays busy
-          _check_finite(ckpt.to_host({k: prev_metrics[k] for k in ("loss", "grad_norm")}),
-                        step, last_saved, workdir)
-        prev_metrics = metrics
+      upcoming = pull() if step < setup.total_steps else None
+      while step < setup.total_steps:
+        batch, position = upcoming
+        state, metrics, mask = compiled(state, batch, key)
         step += 1
-        if step % config.log_every_steps == 0 or step == sched.total_steps:
-          host = {k: float(v) for k, v in ckpt.to_host(metrics).items()}
-          _check_finite(host, step, last_saved, workdir)
-          line, rates = progress.line(step, host, step / sched.steps_per_epoch)
-          writer.write_scalars(step, {**host, **rates, "epoch": step / sched.steps_per_epoch})
+        if step < setup.total_steps:
+          upcoming = pull()  # copied to the devices while the step runs
+        in_flight.append(metrics["loss"])
+        if len(in_flight) > IN_FLIGHT:
+          in_flight.popleft().block_until_ready()
+        if primary and png_every and (step - 1) % png_every == 0:
+          _write_mask_png(workdir, writer, setup, batch, mask, step - 1,
+                          float(mesh_lib.to_host(metrics["hint"])))
+        if step % config.log_every_steps == 0 or step == setup.total_steps:
+          check_finite()
+          host = {k: float(v) for k, v in mesh_lib.to_host(metrics).items()}
+          line, rates = progress.line(step, host, step / setup.steps_per_epoch)
+          writer.write_scalars(step, {**host, **rates, "epoch": step / setup.steps_per_epoch})
           last_logged = {**host, **rates}
           if primary:
             log.info("%s", line)
         stopping = stop.should_stop(step)
-        if step % config.checkpoint.every_steps == 0 or step == sched.total_steps or stopping:
-          save(step, metrics)
+        if step % config.checkpoint.every_steps == 0 or step == setup.total_steps or stopping:
+          check_finite()
+          ckpt.save(manager, step, state=mesh_lib.to_host(state), rng=host_key,
+                    data_iter=position, config=config)
+          last_saved = step
         if stopping:
           break
         if on_step is not None:
@@ -234,13 +241,17 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
     writer.close()
   seconds = time.perf_counter() - t_start
   summary = {
-      "workdir": workdir, "step": step, "total_steps": sched.total_steps,
-      "steps_per_epoch": sched.steps_per_epoch, "preempted": stop.signal_name is not None,
-      "resumed_from": start, "final_loss": last_logged.get("loss"),
-      "clips_per_sec": last_logged.get("clips_per_sec"), "train_seconds": seconds,
+      "workdir": workdir, "step": step, "total_steps": setup.total_steps,
+      "steps_per_epoch": setup.steps_per_epoch, "preempted": stop.signal_name is not None,
+      "resumed_from": start, "steps_trained": step - (start or 0),
+      "final_loss": last_logged.get("loss"), "clips_per_sec": last_logged.get("clips_per_sec"),
+      "train_seconds": seconds,
+      "memory": {"needed_bytes_per_device": plan.needed_bytes,
+                 "temp_bytes_per_clip": plan.temp_bytes_per_clip,
+                 "available_bytes_per_device": plan.available_bytes},
   }
   if primary:
     how = f"stopped by {stop.signal_name}" if summary["preempted"] else "finished"
-    log.info("%s at step %d/%d after %.1f s; checkpoints in %s", how, step, sched.total_steps,
+    log.info("%s at step %d/%d after %.1f s; checkpoints in %s", how, step, setup.total_steps,
              seconds, ckpt.checkpoint_dir(workdir))
   return summary

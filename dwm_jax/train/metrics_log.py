@@ -130,20 +130,19 @@ class Progress:
     return text, rates
 
 
-def mask_png(path: str, logmel: np.ndarray, config: ml_collections.ConfigDict, *, key: Any,
-             hint: float, title: str, features: Any = None) -> np.ndarray:
-  """PNG of one clip, its dispersion and its mask under the run's strategy; returns RGB ``[H, W, 3]``.
-
-  ``features``: ``[1, N, D]`` encoder tokens for strategies that score them (``informed``).
-  """
+def mask_png(path: str, logmel: np.ndarray, mask: np.ndarray, patch_size: tuple[int, int], *,
+             title: str) -> np.ndarray:
+  """PNG of one clip ``logmel: [F, T]``, its dispersion and ``mask: bool [N]`` (the mask a step
+  trained on); returns the image as RGB ``[H, W, 3]`` for TensorBoard."""
   from matplotlib.backends.backend_agg import FigureCanvasAgg  # pylint: disable=import-outside-toplevel
 
-  from dwm_jax.masking import show  # pylint: disable=import-outside-toplevel
+  from dwm_jax import patching  # pylint: disable=import-outside-toplevel
+  from dwm_jax.plots import masks  # pylint: disable=import-outside-toplevel
 
-  name = config.mask.name
-  fig = show.plot_masks(np.asarray(logmel, np.float32), [name], key, ratio=float(config.mask.ratio),
-                        hint=float(hint), patch_size=tuple(config.model.patch_size),
-                        options={name: dict(config.mask.options)}, features=features, title=title)
+  logmel = np.asarray(logmel, np.float32)
+  grid = patching.grid_for(logmel.shape, patch_size)
+  fig = masks.mask_figure(logmel, {"trained mask": masks.to_grid_image(np.asarray(mask), grid)},
+                          patch_size=patch_size, title=title)
   canvas = FigureCanvasAgg(fig)
   os.makedirs(os.path.dirname(path), exist_ok=True)
   fig.savefig(path, dpi=80)

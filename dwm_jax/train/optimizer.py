@@ -48,11 +48,12 @@ def make_schedule(config, *, total_steps: int, steps_per_epoch: int) -> optax.Sc
       end_value=float(config.optim.min_lr))
 
 
-def make_optimizer(config, *, total_steps: int, steps_per_epoch: int
-                   ) -> optax.GradientTransformation:
-  """The optax transformation of ``config.optim`` (clip -> AdamW, wrapped in MultiSteps if A>1)."""
+def make_optimizer(config, schedule: optax.Schedule) -> optax.GradientTransformation:
+  """The optax transformation of ``config.optim`` (clip -> AdamW, wrapped in MultiSteps if A>1).
+
+  ``schedule`` (:func:`make_schedule`) maps the optimizer's update count to the learning rate.
+  """
   o = config.optim
-  schedule = make_schedule(config, total_steps=total_steps, steps_per_epoch=steps_per_epoch)
   parts = []
   if float(o.clip_norm) > 0:
     parts.append(optax.clip_by_global_norm(float(o.clip_norm)))
@@ -70,8 +71,3 @@ def is_update_step(opt_state: Any) -> Any:
     return (opt_state.mini_step == 0) & (opt_state.gradient_step > 0)
   return True
 
-
-def update_count(opt_state: Any, step: Any, accum_steps: int) -> Any:
-  """Optimizer updates done so far, given ``step`` train-step calls (the schedule's argument)."""
-  del opt_state
-  return step // accum_steps

@@ -1,4 +1,4 @@
-"""The train state pytree and its construction from the config."""
+"""The train state pytree and its construction from the run setup."""
 from __future__ import annotations
 
 from typing import Any
@@ -7,43 +7,51 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
-from dwm_jax import masking, objectives, patching
-from dwm_jax.train.optimizer import make_optimizer
+from dwm_jax import masking
+from dwm_jax.train.setup import RunSetup
 
 
 class TrainState(flax.struct.PyTreeNode):
   """``step`` counts train-step calls. ``target_params`` is M2D's EMA target (None for MAE).
 
-  Arrays only: the optimizer and apply functions are rebuilt from the config by the step
-  (``make_optimizer`` is deterministic), so checkpoints hold data alone and a restored or
-  re-created state hits the same compiled step (a function in the treedef would not compare
-  equal across constructions and would force a retrace).
+  ``first_nonfinite`` is the step count at which the loss or gradient norm first became NaN/Inf
+  (-1 while finite): the step records it on the device, so the host needs no per-step check.
+  Arrays only: the optimizer and apply functions live in the :class:`RunSetup`, so checkpoints
+  hold data alone and a restored state runs the same compiled step.
   """
   step: jnp.ndarray
   params: Any
   target_params: Any
   opt_state: Any
+  first_nonfinite: jnp.ndarray
 
 
-def dummy_inputs(config, batch: int = 1) -> tuple[jnp.ndarray, masking.MaskIds]:
+def dummy_inputs(setup: RunSetup, batch: int = 1) -> tuple[jnp.ndarray, masking.MaskIds]:
   """Zero patches ``[batch, N, P]`` and a valid mask's ids, for shape-only initialisation."""
-  grid = patching.grid_for(tuple(config.model.input_shape), tuple(config.model.patch_size))
-  ph, pw = config.model.patch_size
-  n = grid.num_patches
-  k = patching.num_masked(n, float(config.mask.ratio))
+  n, k = setup.grid.num_patches, setup.num_masked
+  ph, pw = setup.patch_size
   mask = jnp.broadcast_to(jnp.arange(n) >= n - k, (batch, n))
   return jnp.zeros((batch, n, ph * pw), jnp.float32), masking.mask_to_ids(mask, k)
 
 
-def create_train_state(config, key: jax.Array, *, total_steps: int,
-                       steps_per_epoch: int) -> TrainState:
-  """Fresh parameters (from ``key``), EMA target copy, optimizer state; step 0."""
-  objective = objectives.from_config(config)
-  patches, ids = dummy_inputs(config)
-  params = jax.jit(objective.init)(key, patches, ids)
-  tx = make_optimizer(config, total_steps=total_steps, steps_per_epoch=steps_per_epoch)
+def create_train_state(setup: RunSetup, key: jax.Array) -> TrainState:
+  """Fresh parameters (from ``key``), the objective's target, optimizer state; step 0.
+
+  Call it under ``jax.jit`` (or ``jax.eval_shape`` for shapes alone): op by op it would compile
+  every initializer separately.
+  """
+  k_init, k_target = jax.random.split(key)
+  patches, ids = dummy_inputs(setup)
+  params = setup.objective.init(k_init, patches, ids)
   return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                    target_params=objective.init_target(params), opt_state=tx.init(params))
+                    target_params=setup.objective.init_target(k_target, params, patches, ids),
+                    opt_state=setup.tx.init(params),
+                    first_nonfinite=jnp.full((), -1, jnp.int32))
+
+
+def abstract_train_state(setup: RunSetup) -> TrainState:
+  """Shapes and dtypes of the state (``jax.ShapeDtypeStruct`` leaves), computing nothing."""
+  return jax.eval_shape(lambda key: create_train_state(setup, key), jax.random.key(0))
 
 
 def encoder_params(params: Any) -> Any:

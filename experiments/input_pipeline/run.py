@@ -56,7 +56,7 @@ def make_data(root: Path, num_clips: int, seconds: float, workers: int) -> tuple
 def time_loader(source: str, csv_path: Path, workers: int, threads: int, batches: int) -> dict:
   cfg = base_config().data
   cfg.source, cfg.csv = source, str(csv_path)
-  cfg.crop_frames, cfg.num_workers, cfg.prefetch = FRAMES, workers, threads
+  cfg.num_workers, cfg.prefetch = workers, threads
   ds = make_pretrain_loader(cfg, input_shape=(80, FRAMES), global_batch_size=BATCH, seed=0)
   it = iter(ds)
   next(it)  # worker start-up and first fill excluded

@@ -44,18 +44,12 @@ LABELS = {"random": "random", "inverse_block": "inverse block", "dwm": "DWM (MAD
 
 def base_config(scale: str):
   """The shared pretraining config for ``scale`` in tiny | cpu | gpu."""
-  import importlib.util
-  # By path: `configs` is not a package (and a tests/configs package may shadow the name).
-  spec = importlib.util.spec_from_file_location(
-      "quickstart_config", os.path.join(ROOT, "configs", "quickstart.py"))
-  quickstart = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(quickstart)
+  from configs import quickstart
   c = quickstart.get_config()
   c.probe.after_pretrain = False  # probed here, on one shared task suite
   c.mask_png_every_steps = 0
   if scale == "tiny":  # the test suite's size: seconds per strategy
     c.model.input_shape = (80, 64)
-    c.data.crop_frames = 64
     c.model.width, c.model.depth, c.model.heads, c.model.mlp_dim = 32, 1, 2, 64
     c.objective.predictor_depth, c.objective.predictor_dim, c.objective.predictor_heads = 1, 32, 2
     c.data.synthetic.num_clips, c.data.synthetic.seconds = 16, 0.64
@@ -66,7 +60,6 @@ def base_config(scale: str):
     c.model.name = "small"
     c.model.input_shape = (80, 608)
     c.model.depth = 12
-    c.data.crop_frames = 608
     c.objective.predictor_depth, c.objective.predictor_dim, c.objective.predictor_heads = 4, 384, 6
     c.data.synthetic.num_clips, c.data.synthetic.seconds = 8192, 6.08
     c.data.num_workers = 8
@@ -186,8 +179,7 @@ def pretrain(config, workdir: str, reuse: bool) -> dict:
 
 
 def load_suite(args, base) -> list:
-  from dwm_jax.data.labeled import synthetic_tasks
-  from dwm_jax.evaluate.probe_cli import load_tasks
+  from dwm_jax.data.labeled import load_tasks, synthetic_tasks
   tasks = []
   if not args.no_synthetic_tasks:
     clips = args.probe_clips or PROBE_CLIPS[args.scale]

@@ -40,7 +40,6 @@ def write_tone(path, rate, seconds=1.0, channels=1, freq=440.0, subtype="PCM_16"
 
 def data_cfg(**overrides):
   c = base_config().data
-  c.crop_frames = 64
   c.prefetch = 0
   c.synthetic.num_clips = 24
   c.synthetic.seconds = SECONDS

@@ -182,8 +182,6 @@ def test_clear_errors(tmp_path, id_set):
     loader(data_cfg(source="npy"))
   with pytest.raises(ValueError, match="unknown data.source"):
     loader(data_cfg(source="webdataset"))
-  with pytest.raises(ValueError, match="crop_frames"):
-    make_pretrain_loader(id_cfg(id_set), input_shape=(80, 608), global_batch_size=4, seed=0)
   with pytest.raises(ValueError, match="multiple of process_count"):
     loader(id_cfg(id_set), gbs=5, process_count=2)
   with pytest.raises(ValueError, match="unknown TFDS"):

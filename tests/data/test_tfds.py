@@ -51,7 +51,7 @@ def test_everything_else_works_without_tensorflow(synth_dir, tmp_path):
       from dwm_jax.config import base_config
       from dwm_jax.data import load_task, make_pretrain_loader
       c = base_config().data
-      c.crop_frames = 32; c.prefetch = 0; c.synthetic.num_clips = 4; c.synthetic.seconds = 0.5
+      c.prefetch = 0; c.synthetic.num_clips = 4; c.synthetic.seconds = 0.5
       batch = next(iter(make_pretrain_loader(c, input_shape=(80, 32), global_batch_size=2,
                                              seed=0)))
       assert batch["logmel"].shape == (2, 80, 32)

@@ -15,7 +15,7 @@ def m2d(masked_batch):
   obj = objectives.from_config(tiny_config("m2d"))
   patches, _, ids = masked_batch
   params = jax.jit(obj.init)(jax.random.key(2), patches, ids)
-  return obj, params, obj.init_target(params)
+  return obj, params, obj.init_target(jax.random.key(3), params, patches, ids)
 
 
 def test_registry_and_bad_name():

@@ -28,7 +28,7 @@ def test_norm_pix_target_is_standardised_per_patch():
 def test_shapes_no_target_and_finite_loss(mae, masked_batch):
   obj, params = mae
   patches, _, ids = masked_batch
-  assert obj.init_target(params) is None and not obj.uses_target
+  assert obj.init_target(jax.random.key(3), params, patches, ids) is None and not obj.uses_target
   assert params["decoder"]["out"]["kernel"].shape == (32, 256)
   loss, _ = obj.loss(params, None, patches, ids, rng=jax.random.key(0))
   assert loss.shape == () and np.isfinite(float(loss)) and float(loss) > 0

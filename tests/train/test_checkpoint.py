@@ -10,7 +10,8 @@ import pytest
 from dwm_jax.config import base_config
 from dwm_jax.evaluate.encoder import load_encoder
 from dwm_jax.train import checkpoint as ckpt
-from dwm_jax.train import export
+from dwm_jax.evaluate import export
+from dwm_jax.train import setup as setup_lib
 from dwm_jax.train.state import create_train_state
 
 from .conftest import assert_same_tree, persistent_cache, tiny_config
@@ -21,8 +22,8 @@ def host_state(cache_dir):
   """A real (tiny, M2D) train state on the host, perturbed so no leaf is trivially zero."""
   config = tiny_config()
   with persistent_cache(cache_dir):
-    state = jax.device_get(create_train_state(config, jax.random.key(0), total_steps=8,
-                                              steps_per_epoch=4))
+    setup = setup_lib.build(config, dataset_size=32)
+    state = jax.device_get(jax.jit(lambda k: create_train_state(setup, k))(jax.random.key(0)))
   leaves, tree = jax.tree.flatten(state)
   rng = np.random.default_rng(0)
   leaves = [(x + rng.normal(size=x.shape)).astype(x.dtype) if x.dtype.kind == "f" else x + 3

@@ -9,6 +9,11 @@ from dwm_jax.config import base_config
 from dwm_jax.train import ema, optimizer
 
 
+def make_tx(c, total_steps=10, steps_per_epoch=10):
+  return optimizer.make_optimizer(c, optimizer.make_schedule(c, total_steps=total_steps,
+                                                             steps_per_epoch=steps_per_epoch))
+
+
 def config(**optim):
   c = base_config()
   c.batch_size = 512
@@ -49,8 +54,7 @@ def test_weight_decay_skips_biases_norms_and_tokens():
   assert mask["encoder"]["cls_token"] is False and mask["encoder"]["norm"]["scale"] is False
   assert mask["predictor"]["mask_token"] is False and mask["predictor"]["out"]["kernel"] is True
   # With zero gradients only decayed leaves move (AdamW's decoupled decay).
-  tx = optimizer.make_optimizer(config(base_lr=0.1, warmup_epochs=0.0, weight_decay=0.5),
-                                total_steps=10, steps_per_epoch=10)
+  tx = make_tx(config(base_lr=0.1, warmup_epochs=0.0, weight_decay=0.5))
   updates, _ = tx.update(jax.tree.map(jnp.zeros_like, params), tx.init(params), params)
   moved = jax.tree.map(lambda u: bool(jnp.any(u != 0)), updates)
   assert moved == mask
@@ -58,11 +62,9 @@ def test_weight_decay_skips_biases_norms_and_tokens():
 
 def test_clipping_bounds_the_update_direction():
   p = {"w": jnp.ones((2, 2))}
-  tx = optimizer.make_optimizer(config(clip_norm=1.0, weight_decay=0.0, warmup_epochs=0.0),
-                                total_steps=10, steps_per_epoch=10)
+  tx = make_tx(config(clip_norm=1.0, weight_decay=0.0, warmup_epochs=0.0))
   g = {"w": jnp.full((2, 2), 100.0)}
-  tx_noclip = optimizer.make_optimizer(config(weight_decay=0.0, warmup_epochs=0.0),
-                                       total_steps=10, steps_per_epoch=10)
+  tx_noclip = make_tx(config(weight_decay=0.0, warmup_epochs=0.0))
   # Adam normalises the first step, so compare the clipped gradient inside the chain state.
   state = tx.init(p)
   _, new_state = tx.update(g, state, p)
@@ -74,7 +76,7 @@ def test_clipping_bounds_the_update_direction():
 
 def test_accumulation_updates_every_k_calls():
   c = config(accum_steps=3, weight_decay=0.0, warmup_epochs=0.0)
-  tx = optimizer.make_optimizer(c, total_steps=30, steps_per_epoch=3)
+  tx = make_tx(c, total_steps=30, steps_per_epoch=3)
   p = {"w": jnp.ones(3)}
   state = tx.init(p)
   flags = []

@@ -1,10 +1,11 @@
 """Mask gallery: a spectrogram, its per-patch dispersion and the mask of every strategy, as a PNG.
 
-  python -m dwm_jax.masking.show --out mask_gallery.png            # built-in synthetic clip
+  python -m dwm_jax.plots.masks --out mask_gallery.png             # built-in synthetic clip
   dwm-jax show --wav my.wav --start 2.0 --ratio 0.7 --hint 0.0     # a user's audio file
 
 Notebooks call :func:`load_log_mel` and :func:`plot_masks` (a ``matplotlib.figure.Figure``, made
-without pyplot so it works under any backend). ``informed`` needs encoder features; without
+without pyplot so it works under any backend); the train loop draws the mask a step trained on
+with :func:`mask_figure`. ``informed`` needs encoder features; without
 ``features`` this tool gives it a stand-in (a fixed random projection of the patch values, see
 :func:`stand_in_features`) and says so in its panel title.
 """
@@ -22,8 +23,7 @@ from matplotlib.figure import Figure
 
 from dwm_jax import patching
 from dwm_jax.config import base_config
-from dwm_jax.masking.dwm import dispersion
-from dwm_jax.masking.registry import get, names, sample
+from dwm_jax.masking import dispersion, get, names, sample
 
 PATCH_SIZE = (16, 16)
 FRAMES = 608
@@ -169,9 +169,26 @@ def plot_masks(logmel: np.ndarray, strategies: Sequence[str] | None = None,
     a ``matplotlib.figure.Figure`` with ``2 + variance + len(strategies)`` image panels.
   """
   strategies = list(strategies) if strategies is not None else names()
-  logmel = np.asarray(logmel, np.float32)
   masks = sample_masks(logmel, strategies, key, ratio=ratio, hint=hint, patch_size=patch_size,
                        options=options, features=features)
+  stand_in = {name for name in strategies
+              if "features" in get(name).defaults and features is None
+              and (options or {}).get(name, {}).get("features") is None}
+  return mask_figure(logmel, masks, hint=hint, patch_size=patch_size, variance=variance,
+                     stand_in=stand_in, title=title, panel_height=panel_height, width=width)
+
+
+def mask_figure(logmel: np.ndarray, masks: Mapping[str, np.ndarray], *, hint: float = 0.0,
+                patch_size: tuple[int, int] = PATCH_SIZE, variance: bool = False,
+                stand_in: frozenset | set = frozenset(), title: str | None = None,
+                panel_height: float = 1.45, width: float = 12.0) -> Figure:
+  """Figure of given masks: the spectrogram, its dispersion map(s), one masked view per mask.
+
+  ``masks`` maps a panel name to ``bool [Fp, Tp]`` (True = masked); names in ``stand_in`` say
+  their features were a stand-in.
+  """
+  strategies = list(masks)
+  logmel = np.asarray(logmel, np.float32)
   grid = patching.grid_for(logmel.shape, patch_size)
   f_bins, t_frames = logmel.shape
   extent = (0, t_frames, 0, f_bins)
@@ -209,10 +226,8 @@ def plot_masks(logmel: np.ndarray, strategies: Sequence[str] | None = None,
   last = ax
   veil = np.zeros((grid.freq, grid.time, 4), np.float32)
   for i, name in enumerate(strategies, start=1 + len(metrics)):
-    m = masks[name]
-    stand_in = ("features" in get(name).defaults and features is None
-                and (options or {}).get(name, {}).get("features") is None)
-    ax = last = panel(i, _panel_title(name, m, hint, stand_in))
+    m = np.asarray(masks[name], bool)
+    ax = last = panel(i, _panel_title(name, m, hint, name in stand_in))
     ax.imshow(logmel, **spec_kw)
     veil[:] = 0.0
     veil[m] = MASK_RGBA

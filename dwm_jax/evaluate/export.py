@@ -10,6 +10,8 @@ import argparse
 import logging
 import sys
 
+from dwm_jax.data.pipeline import norm_stats
+from dwm_jax.evaluate.encoder import save_encoder
 from dwm_jax.train.checkpoint import restore_encoder
 
 log = logging.getLogger(__name__)
@@ -17,9 +19,6 @@ log = logging.getLogger(__name__)
 
 def export(workdir: str, out: str, *, step: int | None = None) -> str:
   """Writes the encoder of ``workdir``'s latest (or ``step``) checkpoint to ``out``."""
-  from dwm_jax.data.pipeline import norm_stats  # pylint: disable=import-outside-toplevel
-  from dwm_jax.evaluate.encoder import save_encoder  # pylint: disable=import-outside-toplevel
-
   config, params = restore_encoder(workdir, step)
   mean, std = norm_stats(config.data)
   return save_encoder(out, model_cfg=config.model, params=params, norm_mean=mean, norm_std=std)

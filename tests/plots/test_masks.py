@@ -6,7 +6,7 @@ import pytest
 import soundfile as sf
 
 from dwm_jax import masking, patching
-from dwm_jax.masking import show
+from dwm_jax.plots import masks as show
 
 
 def mask_panel_titles(fig) -> list[str]:
