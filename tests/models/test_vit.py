@@ -70,20 +70,6 @@ def test_shapes_finite_and_positions_are_not_parameters(tiny):
   assert params["patch_embed"]["kernel"].shape == (256, 32)
 
 
-def test_sincos_table_follows_the_frequency_major_grid():
-  table = sincos_2d(32, GRID)
-  assert table.shape == (8, 32)
-  rows, cols = patching.patch_coords(GRID)
-  # First half encodes the frequency row, second half the time column.
-  for n in range(8):
-    same_row = [m for m in range(8) if rows[m] == rows[n]]
-    np.testing.assert_array_equal(table[same_row, :16], np.repeat(table[n:n + 1, :16],
-                                                                   len(same_row), 0))
-  assert not np.allclose(table[0, 16:], table[1, 16:])  # columns differ along time
-  assert np.allclose(table[0, :16], table[1, :16]) and not np.allclose(table[0, :16],
-                                                                        table[4, :16])
-
-
 def test_visible_tokens_path_matches_full_sequence_when_all_are_kept(tiny):
   enc, params, patches = tiny
   all_ids = jnp.broadcast_to(jnp.arange(8), (3, 8))
