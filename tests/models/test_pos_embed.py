@@ -6,27 +6,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from dwm_jax.models import MaskedPredictor, ViTEncoder, sincos_2d
-
-
-def mae_table(dim: int, grid_hw: tuple[int, int]) -> np.ndarray:
-  """Written from REFERENCES.md: ``get_2d_sincos_pos_embed(dim, (H, W), cls_token=True)``.
-
-  The grid is ``np.meshgrid(grid_w, grid_h)`` (columns first), flattened row-major over
-  ``(H, W)``; the first half of the channels embeds ``grid[0]`` (the column), the second half
-  ``grid[1]`` (the row); each half is ``[sin(pos * omega), cos(pos * omega)]`` with
-  ``omega = 1 / 10000 ** (arange(dim / 4) / (dim / 4))``; the CLS row is zero.
-  """
-  h, w = grid_hw
-  grid = np.stack(np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32)))
-  grid = grid.reshape(2, -1)  # row-major over (H, W)
-
-  def one_d(d, pos):
-    omega = 1.0 / 10000 ** (np.arange(d // 2, dtype=float) / (d / 2.0))
-    out = np.outer(pos, omega)
-    return np.concatenate([np.sin(out), np.cos(out)], axis=1)
-
-  emb = np.concatenate([one_d(dim // 2, grid[0]), one_d(dim // 2, grid[1])], axis=1)
-  return np.concatenate([np.zeros((1, dim)), emb]).astype(np.float32)
+from tests.m2d_reference import mae_table  # written from REFERENCES.md
 
 
 @pytest.mark.parametrize("dim,grid", [(768, (5, 38)), (64, (5, 38)), (32, (2, 4)), (16, (8, 3))])
