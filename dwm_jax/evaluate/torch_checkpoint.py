@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import logging
 import os
 import pathlib
 import pickle
@@ -42,15 +41,14 @@ from dwm_jax import patching
 from dwm_jax.config import base_config
 from dwm_jax.models.vit import MODEL_SIZES, encoder_from_config, sincos_2d
 
-log = logging.getLogger(__name__)
-
 DEFAULT_NORM_STATS = (-7.1, 4.2)  # the authors' 2022 AudioSet values (their runtime's default)
 HEAD_DIM = 64  # timm's ViT convention: heads = width / 64 unless told
 PREFIXES = ("backbone.", "module.ar.runtime.backbone.")
 # Keys of the authors' checkpoints that are not the encoder (pretraining target and predictor,
-# M2D-X / CLAP heads, fine-tuning heads): skipped and listed.
+# M2D-X / CLAP heads, timm classifier heads, EVAR's wrapper: its task head and front end):
+# skipped and listed.
 IGNORED_PREFIXES = ("target_", "decoder_", "decoder.", "offline_", "audio_proj.", "text_proj.",
-                    "head.", "head_norm.", "fc_norm.", "module.head.")
+                    "head.", "head_norm.", "fc_norm.", "module.")
 IGNORED_KEYS = ("mask_token", "logit_scale")
 SAMPLE_RATE_TAG = "16k"  # the only front end dwm-jax computes (80 mel bins at 16 kHz)
 _TABLE_ATOL = 1e-6  # float32 rounding of the same sin-cos formula stays below this
@@ -87,7 +85,7 @@ def parse_folder_name(name: str) -> FolderSizes | None:
   return FolderSizes((f, t), (ph, pw), m.group(5) or SAMPLE_RATE_TAG)
 
 
-def _group(keys: list[str]) -> str:
+def group_keys(keys: list[str]) -> str:
   """``["target_blocks.0.norm1.weight", ..., "mask_token"]`` -> ``"target_blocks.* (2), ..."``."""
   counts: dict[str, int] = {}
   for k in keys:
@@ -183,6 +181,7 @@ class Imported:
   pos_embed: np.ndarray | None  # [N, D] when the checkpoint's table is not the sin-cos one
   ignored: list[str]
   table_note: str
+  norm_source: str  # "flags" | "checkpoint norm_stats" | "default"
 
 
 def state_to_encoder(state: dict[str, Any], *, input_shape: tuple[int, int] | None,
@@ -201,20 +200,8 @@ def state_to_encoder(state: dict[str, Any], *, input_shape: tuple[int, int] | No
     if key not in kept:
       raise CheckpointError(f"not a timm ViT encoder state dict: no {key!r} key (keys read: "
                             f"{_list(sorted(kept)) or 'none'}; "
-                            f"ignored: {_group(ignored) or 'none'})")
-  kernel_shape = _shape(kept["patch_embed.proj.weight"])
-  if len(kernel_shape) != 4:
-    raise CheckpointError(f"patch_embed.proj.weight must be a conv kernel [D, 1, ph, pw], got "
-                          f"{list(kernel_shape)}")
-  width, chans = kernel_shape[:2]
-  if chans != 1:
-    raise CheckpointError(f"patch_embed.proj.weight {list(kernel_shape)} takes {chans} input "
-                          "channels; M2D's encoder takes one (a log-mel)")
-  kernel_patch = kernel_shape[2:]
-  patch = tuple(patch_size) if patch_size is not None else kernel_patch
-  if patch != kernel_patch:
-    raise CheckpointError(f"patch size {patch[0]}x{patch[1]} given, but patch_embed.proj.weight "
-                          f"is {list(kernel_shape)} ({kernel_patch[0]}x{kernel_patch[1]} patches)")
+                            f"ignored: {group_keys(ignored) or 'none'})")
+  width, patch = _patch_embedding(_shape(kept["patch_embed.proj.weight"]), patch_size)
   if input_shape is None:
     raise CheckpointError("input size unknown: give --input-shape FxT (e.g. 80x608) or keep the "
                           "authors' folder name (<model>-<F>x<T>p<ph>x<pw>-..., e.g. "
@@ -223,69 +210,105 @@ def state_to_encoder(state: dict[str, Any], *, input_shape: tuple[int, int] | No
     grid = patching.grid_for(tuple(input_shape), patch)
   except ValueError as e:
     raise CheckpointError(str(e)) from e
+  depth, mlp_dim = _check_keys(kept, width, patch, grid, tuple(input_shape))
+  size = dict(width=width, depth=depth, heads=_heads_for(width, heads), mlp_dim=mlp_dim)
+
+  a = {k: np.asarray(_numpy(v), np.float32) for k, v in kept.items()}
+  bad = [k for k, v in a.items() if not np.isfinite(v).all()]
+  if bad:
+    raise CheckpointError(f"checkpoint tensors hold NaN or Inf: {_list(bad)}")
+  model_cfg = base_config().model.to_dict()
+  model_cfg.update(name=_size_name(size), input_shape=tuple(input_shape), patch_size=patch,
+                   dtype="float32", dropout=0.0, drop_path=0.0, **size)
+  params = _to_params(a, depth)
+  _check_tree(model_cfg, params)
+  stored, note = _own_table(a["pos_embed"][0, 1:], grid, tuple(input_shape))
+  mean, std, source = _norm(stats, norm_mean, norm_std)
+  return Imported(model_cfg=model_cfg, params=params, norm_mean=mean, norm_std=std,
+                  pos_embed=stored, ignored=ignored, table_note=note, norm_source=source)
+
+
+def _patch_embedding(kernel_shape: tuple[int, ...], patch_size) -> tuple[int, tuple[int, int]]:
+  """``patch_embed.proj.weight`` shape -> ``(width, patch size)``, checked against the flag."""
+  if len(kernel_shape) != 4:
+    raise CheckpointError(f"patch_embed.proj.weight must be a conv kernel [D, 1, ph, pw], got "
+                          f"{list(kernel_shape)}")
+  width, chans = kernel_shape[:2]
+  if chans != 1:
+    raise CheckpointError(f"patch_embed.proj.weight {list(kernel_shape)} takes {chans} input "
+                          "channels; M2D's encoder takes one (a log-mel)")
+  kernel_patch = tuple(kernel_shape[2:])
+  patch = tuple(patch_size) if patch_size is not None else kernel_patch
+  if patch != kernel_patch:
+    raise CheckpointError(f"patch size {patch[0]}x{patch[1]} given, but patch_embed.proj.weight "
+                          f"is {list(kernel_shape)} ({kernel_patch[0]}x{kernel_patch[1]} patches)")
+  return width, patch
+
+
+def _check_keys(kept: dict, width: int, patch, grid: patching.Grid, input_shape) -> tuple[int, int]:
+  """Depth and MLP size from the keys; refuses missing, unexpected or misshapen ones."""
   depth = len({k.split(".")[1] for k in kept if k.startswith("blocks.") and k.count(".") >= 2})
-  fc1 = kept.get("blocks.0.mlp.fc1.weight")
-  mlp_dim = _shape(fc1)[0] if fc1 is not None and len(_shape(fc1)) == 2 else 4 * width
+  fc1 = _shape(kept.get("blocks.0.mlp.fc1.weight", ()))
+  mlp_dim = fc1[0] if len(fc1) == 2 else 4 * width
   want = _expected_shapes(width, depth, mlp_dim, patch, grid.num_patches)
   missing = [k for k in want if k not in kept]
   unexpected = [k for k in kept if k not in want]
   wrong = [f"{k} {list(_shape(kept[k]))} (expected {list(s)})" for k, s in want.items()
            if k in kept and _shape(kept[k]) != s]
-  if missing or unexpected or wrong:
-    parts = [f"missing keys: {_list(missing)}" if missing else "",
-             f"unexpected keys: {_list(unexpected)}" if unexpected else "",
-             f"wrong shapes: {_list(wrong, 4)}" if wrong else ""]
-    hint = ""
-    if any(w.startswith("pos_embed ") for w in wrong):
-      hint = (f" (pos_embed rows = 1 + patches; {input_shape[0]}x{input_shape[1]} input with "
-              f"{patch[0]}x{patch[1]} patches has {grid.num_patches}: check --input-shape)")
-    raise CheckpointError("cannot map the checkpoint onto dwm-jax's ViT encoder (width "
-                          f"{width}, depth {depth}, mlp {mlp_dim}, grid {tuple(grid)}): "
-                          + "; ".join(p for p in parts if p) + hint)
-  size = dict(width=width, depth=depth, heads=_heads_for(width, heads), mlp_dim=mlp_dim)
+  if not (missing or unexpected or wrong):
+    return depth, mlp_dim
+  parts = [f"missing keys: {_list(missing)}" if missing else "",
+           f"unexpected keys: {_list(unexpected)}" if unexpected else "",
+           f"wrong shapes: {_list(wrong, 4)}" if wrong else ""]
+  hint = ""
+  if any(w.startswith("pos_embed ") for w in wrong):
+    hint = (f" (pos_embed rows = 1 + patches; a {input_shape[0]}x{input_shape[1]} input with "
+            f"{patch[0]}x{patch[1]} patches has {grid.num_patches}: check --input-shape)")
+  raise CheckpointError(f"cannot map the checkpoint onto dwm-jax's ViT encoder (width {width}, "
+                        f"depth {depth}, mlp {mlp_dim}, grid {tuple(grid)}): "
+                        + "; ".join(p for p in parts if p) + hint)
 
-  a = {k: np.asarray(_numpy(v), np.float32) for k, v in kept.items()}
-  if not all(np.isfinite(v).all() for v in a.values()):
-    bad = [k for k, v in a.items() if not np.isfinite(v).all()]
-    raise CheckpointError(f"checkpoint tensors hold NaN or Inf: {_list(bad)}")
-  pos = a["pos_embed"][0]
+
+def _to_params(a: dict[str, np.ndarray], depth: int) -> dict[str, Any]:
+  """Checked timm arrays -> the flax parameter tree of :class:`ViTEncoder`."""
+  width = a["cls_token"].shape[-1]
   params: dict[str, Any] = {
       "patch_embed": {"kernel": a["patch_embed.proj.weight"].reshape(width, -1).T,
                       "bias": a["patch_embed.proj.bias"]},
       # The authors add the table's CLS row to the CLS token at run time; ours adds none.
-      "cls_token": a["cls_token"] + pos[None, :1],
+      "cls_token": a["cls_token"] + a["pos_embed"][:, :1],
       "norm": {"scale": a["norm.weight"], "bias": a["norm.bias"]},
   }
   for i in range(depth):
     block: dict[str, Any] = {}
     for name, path in _BLOCK.items():
       w, b = a[f"blocks.{i}.{name}.weight"], a[f"blocks.{i}.{name}.bias"]
-      leaf = {"scale": w, "bias": b} if name in _NORMS else {"kernel": w.T, "bias": b}
       node = block
       for p in path[:-1]:
         node = node.setdefault(p, {})
-      node[path[-1]] = leaf
+      node[path[-1]] = {"scale": w, "bias": b} if name in _NORMS else {"kernel": w.T, "bias": b}
     params[f"block_{i}"] = block
-  params = jax.tree.map(lambda x: np.ascontiguousarray(x, np.float32), params)
+  return jax.tree.map(lambda x: np.ascontiguousarray(x, np.float32), params)
 
-  model_cfg = base_config().model.to_dict()
-  model_cfg.update(name=_size_name(size), input_shape=tuple(input_shape), patch_size=patch,
-                   dtype="float32", dropout=0.0, drop_path=0.0, **size)
-  _check_tree(model_cfg, params)
 
-  table, found = pos[1:], _table_grid(pos[1:], grid)
+def _own_table(table: np.ndarray, grid: patching.Grid, input_shape) -> tuple[Any, str]:
+  """``table: [N, D]`` -> ``(None, note)`` when it is the sin-cos table of the grid, else
+  ``(table, note)``; refuses the sin-cos table of another grid (a wrong size or layout)."""
+  found = _table_grid(table, grid)
   if found == tuple(grid):
-    stored, note = None, "the MAE sin-cos table of the grid: dwm-jax's own table is used"
-  elif found is not None:
-    layout = (" - a time-major layout such as AudioMAE's ([T, F] input, time as image rows), "
-              "which dwm-jax does not import" if found == (grid.time, grid.freq) else "")
-    raise CheckpointError(
-        f"pos_embed is the sin-cos table of a {found[0]}x{found[1]} patch grid, not of the "
-        f"{grid.freq}x{grid.time} grid of a {input_shape[0]}x{input_shape[1]} input{layout}; "
-        "check --input-shape")
-  else:
-    stored, note = table, "not the sin-cos table of the grid: the checkpoint's table is stored"
+    return None, "the MAE sin-cos table of the grid: dwm-jax's own table is used"
+  if found is None:
+    return table, "not the sin-cos table of the grid: the checkpoint's table is stored"
+  what = (f"pos_embed is the sin-cos table of a {found[0]}x{found[1]} patch grid, not of the "
+          f"{grid.freq}x{grid.time} grid of a {input_shape[0]}x{input_shape[1]} input")
+  if found == (grid.time, grid.freq):
+    raise CheckpointError(f"{what}: a time-major layout such as AudioMAE's ([T, F] input, time "
+                          "as image rows), which dwm-jax does not import (see the README)")
+  raise CheckpointError(f"{what}: check --input-shape")
 
+
+def _norm(stats: Any, norm_mean: float | None, norm_std: float | None) -> tuple[float, float, str]:
+  """``(mean, std, source)``: flags, else the checkpoint's ``norm_stats``, else the default."""
   if stats is None:
     mean, std = DEFAULT_NORM_STATS
   else:
@@ -293,10 +316,16 @@ def state_to_encoder(state: dict[str, Any], *, input_shape: tuple[int, int] | No
     if stats.shape != (2,):
       raise CheckpointError(f"norm_stats must be [mean, std], got shape {list(stats.shape)}")
     mean, std = (float(v) for v in stats)
-  return Imported(model_cfg=model_cfg, params=params,
-                  norm_mean=float(mean if norm_mean is None else norm_mean),
-                  norm_std=float(std if norm_std is None else norm_std),
-                  pos_embed=stored, ignored=ignored, table_note=note)
+  if norm_mean is not None or norm_std is not None:
+    source = "flags"
+  else:
+    source = "default" if stats is None else "checkpoint norm_stats"
+  mean = float(mean if norm_mean is None else norm_mean)
+  std = float(std if norm_std is None else norm_std)
+  if not np.isfinite(mean) or not np.isfinite(std) or std <= 0:
+    raise CheckpointError(f"normalization mean {mean}, std {std} ({source}): the std must be a "
+                          "positive number")
+  return mean, std, source
 
 
 def _numpy(v: Any) -> np.ndarray:

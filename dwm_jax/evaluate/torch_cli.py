@@ -57,14 +57,13 @@ def import_checkpoint(path: str, out: str, *, input_shape=None, patch_size=None,
   imp = tc.state_to_encoder(state, input_shape=input_shape, patch_size=patch_size, heads=heads,
                             norm_mean=norm_mean, norm_std=norm_std)
   if imp.ignored:
-    log.info("ignored %d non-encoder tensors: %s", len(imp.ignored), tc._group(imp.ignored))
+    log.info("ignored %d non-encoder tensors: %s", len(imp.ignored), tc.group_keys(imp.ignored))
   c = imp.model_cfg
   log.info("encoder: width %d, depth %d, heads %d, mlp %d, input %dx%d, patches %dx%d",
            c["width"], c["depth"], c["heads"], c["mlp_dim"], *c["input_shape"], *c["patch_size"])
   log.info("positional table: %s", imp.table_note)
-  source = "flags" if norm_mean is not None or norm_std is not None else (
-      "checkpoint norm_stats" if "norm_stats" in tc.split_state(state)[0] else "default")
-  log.info("normalization: mean %.6g, std %.6g (%s)", imp.norm_mean, imp.norm_std, source)
+  log.info("normalization: mean %.6g, std %.6g (%s)", imp.norm_mean, imp.norm_std,
+           imp.norm_source)
   return save_encoder(out, model_cfg=imp.model_cfg, params=imp.params, norm_mean=imp.norm_mean,
                       norm_std=imp.norm_std, pos_embed=imp.pos_embed)
 

@@ -121,9 +121,10 @@ def test_prefixes_and_plain_state_dicts(tmp_path, prefix, wrap):
   vit = timm_m2d_vit(64, depth=1, heads=1, img=(80, 64), seed=4)
   ckpt = m2d_checkpoint(vit, tmp_path / SMALL_FOLDER / "c.pth", prefix=prefix, wrap=wrap,
                         norm_stats=None)
-  if prefix.startswith("module."):  # an EVAR fine-tuning head beside the backbone
+  if prefix.startswith("module."):  # EVAR: a task head and the front end beside the backbone
     sd = torch.load(ckpt)
     sd["module.head.mlp.mlp.0.weight"] = torch.zeros(10, 320)
+    sd["module.ar.runtime.to_spec.mel_basis"] = torch.zeros(80, 201)
     torch.save(sd, ckpt)
   assert import_torch(ckpt, "--out", tmp_path / "e.msgpack") == 0
   enc = load_encoder(str(tmp_path / "e.msgpack"))

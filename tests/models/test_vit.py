@@ -4,9 +4,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dwm_jax import patching
 from dwm_jax.config import base_config
-from dwm_jax.models import MODEL_SIZES, ViTEncoder, encoder_from_config, sincos_2d
+from dwm_jax.models import MODEL_SIZES, ViTEncoder, encoder_from_config
 
 GRID = (2, 4)  # 32 x 64 input, 16 x 16 patches
 
