@@ -50,28 +50,27 @@ def test_bad_dims():
 
 
 def test_encoder_and_predictor_add_the_mae_table():
-  """Zero patch-embedding weights: the encoder's tokens are the table itself."""
+  """Zero weights: the encoder's tokens are the table; the predictor's output is LN(table)."""
   grid, dim = (2, 4), 32
   enc = ViTEncoder(grid=grid, width=dim, depth=0, heads=2, mlp_dim=64)
-  params = enc.init(jax.random.key(0), jnp.zeros((1, 8, 256)))["params"]
-  params = jax.tree.map(jnp.zeros_like, params)
-  tokens = enc.apply({"params": params}, jnp.ones((1, 8, 256)), method="embed")
-  np.testing.assert_allclose(tokens[0], mae_table(dim, grid)[1:], atol=1e-6)
+  patches = jnp.ones((1, 8, 256))
+  params = jax.eval_shape(enc.init, jax.random.key(0), patches)["params"]
+  params = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), params)
+  embed = jax.jit(lambda pos: enc.apply({"params": params}, patches, pos, method="embed")[0])
+  np.testing.assert_allclose(embed(None), mae_table(dim, grid)[1:], atol=1e-6)
   own = np.random.default_rng(0).normal(size=(8, dim)).astype(np.float32)
-  np.testing.assert_allclose(enc.apply({"params": params}, jnp.ones((1, 8, 256)), own,
-                                       method="embed")[0], own, atol=1e-6)
+  np.testing.assert_allclose(embed(own), own, atol=1e-6)  # a checkpoint's own table
   with pytest.raises(ValueError, match=r"pos_embed must be \[8, 32\]"):
-    enc.apply({"params": params}, jnp.ones((1, 8, 256)), own[:4], method="embed")
+    embed(own[:4])
   # The predictor (M2D's decoder) uses the same function on its own width.
   pred = MaskedPredictor(grid=grid, out_dim=4, width=16, depth=0, heads=2)
-  x = jnp.zeros((1, 1 + 3, dim))
-  ids = jnp.arange(8)[None]
-  pp = pred.init(jax.random.key(1), x, ids)["params"]
-  pp = jax.tree.map(jnp.zeros_like, pp)
+  x, ids = jnp.zeros((1, 1 + 3, dim)), jnp.arange(8)[None]
+  pp = jax.eval_shape(pred.init, jax.random.key(1), x, ids)["params"]
+  pp = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), pp)
   pp["norm"]["scale"] = jnp.ones_like(pp["norm"]["scale"])
   pp["out"]["kernel"] = jnp.eye(16, 4)
-  # Zero embed and mask token: the sequence entering the norm is the table; LN(table) -> out.
-  out = pred.apply({"params": pp}, x, ids)[0]
+  # Zero embedding and mask token: the sequence entering the norm is the table.
+  out = jax.jit(lambda p: pred.apply({"params": p}, x, ids))(pp)[0]
   t = mae_table(16, grid)[1:]
   ln = (t - t.mean(-1, keepdims=True)) / np.sqrt(t.var(-1, keepdims=True) + 1e-6)
   np.testing.assert_allclose(out, ln[:, :4], atol=1e-5)
