@@ -1,4 +1,5 @@
-"""``dwm-jax`` console script: one subcommand per job, each a module with ``main(argv)``."""
+"""``dwm-jax`` console script: one subcommand per job, each ``module`` with ``main(argv)`` (or
+``module:function``)."""
 from __future__ import annotations
 
 import importlib
@@ -11,12 +12,16 @@ COMMANDS = {
     "prepare": ("dwm_jax.data.prepare", "convert an audio folder to log-mel .npy files"),
     "synth": ("dwm_jax.data.synthetic", "write the synthetic audio set as WAV + CSV"),
     "show": ("dwm_jax.plots.masks", "PNG of a spectrogram, its dispersion and every mask"),
+    "import-torch": ("dwm_jax.evaluate.torch_cli:import_main",
+                     "the authors' PyTorch M2D checkpoint -> an encoder export file"),
+    "export-torch": ("dwm_jax.evaluate.torch_cli:export_main",
+                     "an encoder -> a timm-compatible PyTorch state dict"),
 }
 
 
 def _usage() -> str:
   lines = ["usage: dwm-jax COMMAND [ARGS...]", "", "commands:"]
-  lines += [f"  {name:<10} {doc}" for name, (_, doc) in COMMANDS.items()]
+  lines += [f"  {name:<12} {doc}" for name, (_, doc) in COMMANDS.items()]
   return "\n".join(lines)
 
 
@@ -29,8 +34,8 @@ def main(argv: list[str] | None = None) -> int:
   if name not in COMMANDS:
     print(f"dwm-jax: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
     return 2
-  module = importlib.import_module(COMMANDS[name][0])
-  return int(module.main(rest) or 0)
+  module, _, function = COMMANDS[name][0].partition(":")
+  return int(getattr(importlib.import_module(module), function or "main")(rest) or 0)
 
 
 if __name__ == "__main__":

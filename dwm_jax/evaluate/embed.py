@@ -1,11 +1,14 @@
-"""Frame- and clip-level embeddings of a frozen encoder (the M2D convention).
+"""Frame- and clip-level embeddings of a frozen encoder: the M2D runtime's ``encode_lms``.
 
-A clip's normalized log-mel ``[F, T]`` is padded at the end to a whole number of patch columns
-(``T' = ceil(T / pw)`` time steps) and cut into windows of the encoder's input length (608 frames
-by default). Each window is encoded without masking; the last, shorter window passes only its
-real patches (``ids_keep``) so padding never enters attention, and positions stay those of the
-training grid. The encoder's tokens of one time step (its ``Fp`` frequency patches, CLS dropped)
-are concatenated into a ``Fp * D`` frame embedding; the clip embedding is their mean over time.
+A clip's log-mel ``[F, T]`` is normalized, zero-padded at the end to a whole number of patch
+columns (``T' = ceil(T / pw)`` time steps) and cut into windows of the encoder's input length
+(608 frames by default). Each window is encoded without masking. The last, shorter window of
+``tp`` columns passes only its real patches (``ids_keep``: the ``Fp * tp`` tokens of its columns,
+frequency-major) with the table's first ``tp`` columns: the authors' runtime feeds the short
+window itself with its positional table cut to those columns, which is the same token set, order
+and positions, so the same attention. The tokens of one time step (its ``Fp`` frequency patches,
+CLS dropped) are concatenated into a ``Fp * D`` frame embedding (``b (f t) d -> b t (f d)``),
+windows are concatenated in time, and the clip embedding is the mean over time.
 
 Windows of many clips are batched together, grouped by their number of time steps; batches are
 padded to power-of-two sizes so a handful of compiled shapes serves any clip length.
@@ -28,21 +31,22 @@ SAMPLE_RATE = 16000
 HOP_SECONDS = 0.01  # log-mel hop 160 at 16 kHz: one frame per 10 ms
 
 def _forward(encoder: Encoder) -> Callable:
-  """Jitted ``(params, windows [B, F, W], tp) -> [B, tp, Fp * D]`` (shared per architecture)."""
+  """Jitted ``(params, pos [N, D], windows [B, F, W], tp) -> [B, tp, Fp * D]``.
+
+  Shared per architecture: parameters and table are arguments, so checkpoints compile once.
+  """
   return _forward_for(encoder.config_key)
 
 
 @functools.lru_cache(maxsize=16)
 def _forward_for(config_key: str) -> Callable:
-  # Params are an argument, so encoders of one architecture (checkpoints, the random baseline)
-  # share the compiled forward.
   from dwm_jax.evaluate.encoder import _model_cfg
   cfg = _model_cfg(json.loads(config_key))
   module = encoder_from_config(cfg)
   ps = tuple(cfg.patch_size)
   g = patching.grid_for(tuple(cfg.input_shape), ps)
 
-  def forward(params, windows, tp: int):
+  def forward(params, pos, windows, tp: int):
     patches = patching.patchify(windows, ps)  # [B, N, P]
     b = windows.shape[0]
     if tp == g.time:
@@ -50,11 +54,11 @@ def _forward_for(config_key: str) -> Callable:
     else:  # real patches of a short window: rows f, columns t < tp (frequency-major order)
       f, t = np.meshgrid(np.arange(g.freq), np.arange(tp), indexing="ij")
       ids_keep = jnp.broadcast_to(jnp.asarray((f * g.time + t).reshape(-1)), (b, g.freq * tp))
-    tokens = module.apply({"params": params}, patches, ids_keep)[:, 1:]  # drop CLS
+    tokens = module.apply({"params": params}, patches, ids_keep, pos_embed=pos)[:, 1:]  # drop CLS
     tokens = tokens.astype(jnp.float32).reshape(b, g.freq, tp, -1)
     return tokens.transpose(0, 2, 1, 3).reshape(b, tp, -1)
 
-  return jax.jit(forward, static_argnums=2)
+  return jax.jit(forward, static_argnums=3)
 
 
 def _check_logmel(encoder: Encoder, x: np.ndarray, i: int = 0) -> np.ndarray:
@@ -99,17 +103,20 @@ def embed_logmels(encoder: Encoder, clips: Sequence[np.ndarray], *, batch_size: 
     for start in range(0, x.shape[1], w):
       chunk = x[:, start:start + w]
       tp = chunk.shape[1] // pw
-      groups.setdefault(tp, []).append((i, start // pw, np.pad(chunk, ((0, 0), (0, w - chunk.shape[1])))))
+      # Filler up to the window's static shape; ids_keep leaves it out of the encoder.
+      chunk = np.pad(chunk, ((0, 0), (0, w - chunk.shape[1])))
+      groups.setdefault(tp, []).append((i, start // pw, chunk))
 
   frames = [np.zeros((t, encoder.embedding_size), np.float32) for t in steps]
   forward = _forward(encoder)
+  pos = jnp.asarray(encoder.position_table)  # an argument: imported tables share the compile
   for tp, items in sorted(groups.items()):
     for b0 in range(0, len(items), batch_size):
       part = items[b0:b0 + batch_size]
       bsz = min(batch_size, _pow2_at_least(len(part)))
       batch = np.zeros((bsz,) + part[0][2].shape, np.float32)
       batch[:len(part)] = np.stack([p[2] for p in part])
-      out = np.asarray(forward(encoder.params, jnp.asarray(batch), tp))
+      out = np.asarray(forward(encoder.params, pos, jnp.asarray(batch), tp))
       for (i, t0, _), emb in zip(part, out):
         frames[i][t0:t0 + tp] = emb
   return [(fr, fr.mean(axis=0)) for fr in frames]

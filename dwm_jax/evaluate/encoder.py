@@ -1,9 +1,14 @@
 """A frozen encoder for downstream use: model config + parameters + input normalization.
 
 Export format (one file, written by ``dwm-jax export`` through :func:`save_encoder`): a msgpack
-dict ``{"format", "model_cfg" (JSON), "norm_mean", "norm_std", "params"}``. It needs neither
-orbax nor the pretraining config to load. :func:`load_encoder` also accepts a pretraining workdir
-(its latest checkpoint, through ``dwm_jax.train.checkpoint.restore_encoder``).
+dict ``{"format", "model_cfg" (JSON), "norm_mean", "norm_std", "params"}`` plus, for an imported
+checkpoint whose positional table is not the project's sin-cos table, ``"pos_embed"`` (``[N, D]``
+float32, passed to the encoder as a constant; the parameter tree stays the same). It needs
+neither orbax nor the pretraining config to load. :func:`load_encoder` also accepts a pretraining
+workdir (its latest checkpoint, through ``dwm_jax.train.checkpoint.restore_encoder``).
+
+Format ``dwm-jax-encoder/1`` files were written when the sin-cos table had its channel halves in
+the other order (frequency first); they load with that table, so they embed as they were trained.
 """
 from __future__ import annotations
 
@@ -21,9 +26,10 @@ import ml_collections
 import numpy as np
 
 from dwm_jax import patching
-from dwm_jax.models.vit import ViTEncoder, encoder_from_config
+from dwm_jax.models.vit import ViTEncoder, encoder_from_config, sincos_2d
 
-FORMAT = "dwm-jax-encoder/1"
+FORMAT = "dwm-jax-encoder/2"
+_LEGACY_FORMAT = "dwm-jax-encoder/1"  # sin-cos table with the frequency half first
 _TUPLE_FIELDS = ("input_shape", "patch_size")
 
 
@@ -43,16 +49,27 @@ class Encoder:
 
   ``params`` are the encoder's flax parameters (the ``params`` collection of
   :class:`dwm_jax.models.vit.ViTEncoder`); inputs are normalized as ``(x - norm_mean) / norm_std``.
+  ``pos_embed: [N, D]`` is a checkpoint's own positional table (None: the sin-cos table).
   """
   model_cfg: Any
   params: Any
   norm_mean: float
   norm_std: float
+  pos_embed: np.ndarray | None = None
 
   def __post_init__(self):
     object.__setattr__(self, "model_cfg", _model_cfg(self.model_cfg))
     if not np.isfinite(self.norm_std) or self.norm_std <= 0:
       raise ValueError(f"norm_std must be a positive number, got {self.norm_std}")
+    if self.pos_embed is not None:
+      table = np.asarray(self.pos_embed, np.float32)
+      want = (self.grid.num_patches, self.width)
+      if table.shape != want:
+        raise ValueError(f"pos_embed must be {list(want)} for grid {tuple(self.grid)} and width "
+                         f"{self.width}, got shape {list(table.shape)}")
+      if not np.isfinite(table).all():
+        raise ValueError("pos_embed contains NaN or Inf")
+      object.__setattr__(self, "pos_embed", table)
 
   @functools.cached_property
   def module(self) -> ViTEncoder:
@@ -74,6 +91,13 @@ class Encoder:
   def width(self) -> int:
     return int(self.module.width)
 
+  @functools.cached_property
+  def position_table(self) -> np.ndarray:
+    """``[N, D]``: the table the encoder adds to its patch embeddings."""
+    if self.pos_embed is not None:
+      return self.pos_embed
+    return sincos_2d(self.width, self.grid)
+
   @property
   def embedding_size(self) -> int:
     """``Fp * D``: the M2D frame / clip embedding size."""
@@ -93,6 +117,9 @@ class Encoder:
     for path, leaf in jax.tree_util.tree_flatten_with_path(self.params)[0]:
       h.update(jax.tree_util.keystr(path).encode())
       h.update(np.ascontiguousarray(np.asarray(leaf, np.float32)).tobytes())
+    if self.pos_embed is not None:  # only then: sin-cos encoders keep their fingerprints
+      h.update(b"pos_embed")
+      h.update(np.ascontiguousarray(self.pos_embed).tobytes())
     return h.hexdigest()[:16]
 
 
@@ -115,13 +142,19 @@ def _init_fn(config_key: str):
 
 
 def save_encoder(path: str, *, model_cfg: Any, params: Any, norm_mean: float,
-                 norm_std: float) -> str:
-  """Writes the export file atomically (temp file + rename); returns ``path``."""
+                 norm_std: float, pos_embed: np.ndarray | None = None) -> str:
+  """Writes the export file atomically (temp file + rename); returns ``path``.
+
+  ``pos_embed: [N, D]``: a positional table to store (None: the encoder uses the sin-cos one).
+  """
   cfg = _model_cfg(model_cfg)
   host = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float32), jax.device_get(params))
   payload = {"format": FORMAT, "model_cfg": json.dumps(cfg.to_dict()),
              "norm_mean": float(norm_mean), "norm_std": float(norm_std),
              "params": flax.serialization.to_state_dict(host)}
+  if pos_embed is not None:
+    # Validated by the Encoder it would load as, before anything is written.
+    payload["pos_embed"] = Encoder(cfg, host, norm_mean, norm_std, pos_embed).pos_embed
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   tmp = f"{path}.tmp-{os.getpid()}"
   with open(tmp, "wb") as f:
@@ -137,10 +170,23 @@ def _load_file(path: str) -> Encoder:
     payload = flax.serialization.msgpack_restore(raw)
   except Exception as e:  # msgpack raises several types on foreign bytes
     raise ValueError(f"{path} is not a dwm-jax encoder export ({type(e).__name__}: {e})") from e
-  if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+  fmt = payload.get("format") if isinstance(payload, dict) else None
+  if fmt not in (FORMAT, _LEGACY_FORMAT):
     raise ValueError(f"{path} is not a dwm-jax encoder export (format {FORMAT!r} expected)")
-  return Encoder(json.loads(payload["model_cfg"]), payload["params"],
-                 float(payload["norm_mean"]), float(payload["norm_std"]))
+  cfg = _model_cfg(json.loads(payload["model_cfg"]))
+  table = payload.get("pos_embed")
+  if fmt == _LEGACY_FORMAT:
+    table = _legacy_table(cfg)
+  return Encoder(cfg, payload["params"], float(payload["norm_mean"]), float(payload["norm_std"]),
+                 None if table is None else np.asarray(table, np.float32))
+
+
+def _legacy_table(cfg) -> np.ndarray:
+  """The table ``dwm-jax-encoder/1`` models were trained with: frequency half, then time half."""
+  g = patching.grid_for(tuple(cfg.input_shape), tuple(cfg.patch_size))
+  table = sincos_2d(encoder_from_config(cfg).width, g)
+  time_half, freq_half = np.split(table, 2, axis=1)
+  return np.concatenate([freq_half, time_half], axis=1)
 
 
 def _load_workdir(workdir: str) -> Encoder:

@@ -2,14 +2,17 @@
 
 The encoder consumes patches ``[B, N, P]`` from :func:`dwm_jax.patching.patchify`; its Dense patch
 embedding over the ``P = 16 * 16`` values equals M2D's 16x16 stride-16 convolution. Positions are
-a fixed 2-D sin-cos table over the (frequency, time) grid: a constant, so it is neither trained
-nor weight-decayed. Blocks are pre-LN; attention goes through ``jax.nn.dot_product_attention`` so
-accelerators pick their fused kernels. Parameters are float32; ``dtype`` is the compute dtype.
+a fixed 2-D sin-cos table over the (frequency, time) grid in MAE/M2D's channel order (so weights
+move both ways with the authors' checkpoints): a constant, neither trained nor weight-decayed.
+An imported checkpoint whose table is not this one passes its own as ``pos_embed``. Blocks are
+pre-LN; attention goes through ``jax.nn.dot_product_attention`` so accelerators pick their fused
+kernels. Parameters are float32; ``dtype`` is the compute dtype.
 
 Three entry points (``nn.Module.apply(..., method=...)``):
 - ``__call__(patches, ids_keep=None)``: embed, keep the visible tokens, encode -> ``[B, 1 + n, D]``.
 - ``embed(patches)``: patch embedding + positions -> ``[B, N, D]`` (no CLS).
 - ``encode_tokens(tokens)``: prepend CLS, blocks, final norm -> ``[B, 1 + n, D]``.
+The first two take an optional ``pos_embed: [N, D]`` (default: :func:`sincos_2d` of the grid).
 M2D's target runs ``embed`` with the online parameters and ``encode_tokens`` with the EMA ones.
 """
 from __future__ import annotations
@@ -49,12 +52,14 @@ def sincos_1d(dim: int, pos: np.ndarray) -> np.ndarray:
 def sincos_2d(dim: int, grid) -> np.ndarray:
   """Fixed 2-D position table ``[N, dim]`` in the patch order of :mod:`dwm_jax.patching`.
 
-  Half the channels encode the frequency row, half the time column.
+  MAE / M2D's ``get_2d_sincos_pos_embed(dim, (Fp, Tp))`` without its zero CLS row: the first
+  half of the channels encodes the time column, the second half the frequency row (their grid is
+  ``np.meshgrid(grid_w, grid_h)``, columns first).
   """
   if dim % 4:
     raise ValueError(f"2-D sin-cos embedding needs a dimension divisible by 4, got {dim}")
   rows, cols = patching.patch_coords(grid)
-  emb = np.concatenate([sincos_1d(dim // 2, rows), sincos_1d(dim // 2, cols)], axis=1)
+  emb = np.concatenate([sincos_1d(dim // 2, cols), sincos_1d(dim // 2, rows)], axis=1)
   return emb.astype(np.float32)
 
 
@@ -161,13 +166,21 @@ class ViTEncoder(nn.Module):
                          float(r), name=f"block_{i}") for i, r in enumerate(rates)]
     self.norm = nn.LayerNorm(epsilon=LN_EPS, dtype=self.dtype, name="norm")
 
-  def embed(self, patches: jnp.ndarray) -> jnp.ndarray:
-    """``patches: [B, N, P]`` -> tokens with positions ``[B, N, D]`` (compute dtype)."""
+  def embed(self, patches: jnp.ndarray, pos_embed: jnp.ndarray | None = None) -> jnp.ndarray:
+    """``patches: [B, N, P]`` -> tokens with positions ``[B, N, D]`` (compute dtype).
+
+    ``pos_embed: [N, D]`` replaces the sin-cos table (a constant: an imported checkpoint's own).
+    """
     if patches.ndim != 3 or patches.shape[1] != self.num_patches:
       raise ValueError(f"patches must be [B, {self.num_patches}, P] for grid {tuple(self.grid)}, "
                        f"got shape {patches.shape}")
+    if pos_embed is None:
+      pos_embed = self.pos_embed
+    elif pos_embed.shape != (self.num_patches, self.width):
+      raise ValueError(f"pos_embed must be [{self.num_patches}, {self.width}], "
+                       f"got shape {pos_embed.shape}")
     x = self.patch_embed(patches.astype(self.dtype))
-    return x + self.pos_embed.astype(x.dtype)
+    return x + pos_embed.astype(x.dtype)
 
   def encode_tokens(self, tokens: jnp.ndarray, *, train: bool = False) -> jnp.ndarray:
     """``tokens: [B, n, D]`` (embedded, with positions) -> ``[B, 1 + n, D]``, CLS first.
@@ -182,9 +195,9 @@ class ViTEncoder(nn.Module):
     return self.norm(x)
 
   def __call__(self, patches: jnp.ndarray, ids_keep: jnp.ndarray | None = None, *,
-               train: bool = False) -> jnp.ndarray:
+               pos_embed: jnp.ndarray | None = None, train: bool = False) -> jnp.ndarray:
     """``patches: [B, N, P]``, ``ids_keep: int [B, n]`` (None = all N) -> ``[B, 1 + n, D]``."""
-    x = self.embed(patches)
+    x = self.embed(patches, pos_embed)
     if ids_keep is not None:
       x = gather_tokens(x, ids_keep)
     return self.encode_tokens(x, train=train)

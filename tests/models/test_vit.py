@@ -4,9 +4,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dwm_jax import patching
 from dwm_jax.config import base_config
-from dwm_jax.models import MODEL_SIZES, ViTEncoder, encoder_from_config, sincos_2d
+from dwm_jax.models import MODEL_SIZES, ViTEncoder, encoder_from_config
 
 GRID = (2, 4)  # 32 x 64 input, 16 x 16 patches
 
@@ -68,20 +67,6 @@ def test_shapes_finite_and_positions_are_not_parameters(tiny):
   assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(params))
   # The patch embedding is a Dense over the 256 patch values (== a 16x16 stride-16 conv).
   assert params["patch_embed"]["kernel"].shape == (256, 32)
-
-
-def test_sincos_table_follows_the_frequency_major_grid():
-  table = sincos_2d(32, GRID)
-  assert table.shape == (8, 32)
-  rows, cols = patching.patch_coords(GRID)
-  # First half encodes the frequency row, second half the time column.
-  for n in range(8):
-    same_row = [m for m in range(8) if rows[m] == rows[n]]
-    np.testing.assert_array_equal(table[same_row, :16], np.repeat(table[n:n + 1, :16],
-                                                                   len(same_row), 0))
-  assert not np.allclose(table[0, 16:], table[1, 16:])  # columns differ along time
-  assert np.allclose(table[0, :16], table[1, :16]) and not np.allclose(table[0, :16],
-                                                                        table[4, :16])
 
 
 def test_visible_tokens_path_matches_full_sequence_when_all_are_kept(tiny):
