@@ -127,23 +127,19 @@ def mask_seconds(config, workdir: str, repeats: int = 10) -> float:
   """
   import jax
   import jax.numpy as jnp
-  from dwm_jax import objectives, patching
+  from dwm_jax import patching
   from dwm_jax.data import pipeline
-  from dwm_jax.train import step as step_lib
+  from dwm_jax.train import setup as setup_lib
   from dwm_jax.train.checkpoint import restore_encoder
 
+  setup = setup_lib.build(config, pipeline.dataset_size(config.data))
   loader = pipeline.make_pretrain_loader(
-      config.data, input_shape=tuple(config.model.input_shape),
-      global_batch_size=int(config.batch_size), seed=int(config.seed))
+      config.data, input_shape=setup.input_shape, global_batch_size=setup.batch_size,
+      seed=int(config.seed))
   batch = next(iter(loader))
-  patches = patching.patchify(jnp.asarray(batch["logmel"], jnp.float32),
-                              tuple(config.model.patch_size))
-  objective, params = None, None
-  if step_lib.wants_features(config.mask.name):
-    objective = objectives.from_config(config)
-    params = {"encoder": restore_encoder(workdir)[1]}
-  fn = jax.jit(lambda k, p, prm: step_lib.sample_mask(config, k, p, 0.0, objective=objective,
-                                                      params=prm))
+  patches = patching.patchify(jnp.asarray(batch["logmel"], jnp.float32), setup.patch_size)
+  params = {"encoder": restore_encoder(workdir)[1]} if setup.wants_features else None
+  fn = jax.jit(lambda k, p, prm: setup.sample_mask(k, p, 0.0, prm))
   key = jax.random.key(0)
   fn(key, patches, params).block_until_ready()  # compile
   times = []
