@@ -14,6 +14,7 @@ import ml_collections
 from dwm_jax import masking, objectives, patching
 from dwm_jax.data.pipeline import SOURCES
 from dwm_jax.models.vit import DTYPES, MODEL_SIZES
+from dwm_jax.train import ema
 
 
 class ConfigError(ValueError):
@@ -91,6 +92,7 @@ def _check_model(c: _Checker) -> patching.Grid | None:
           f"unknown model {{v!r}}; valid: {', '.join(MODEL_SIZES)}")
   c.check("model.dtype", lambda v: v in DTYPES,
           f"unknown dtype {{v!r}}; valid: {', '.join(DTYPES)}")
+  c.check("model.remat", lambda v: isinstance(v, bool), "must be true or false, got {v!r}")
   c.number("model.dropout", lo=0.0, hi=1.0, hi_open=True)
   c.number("model.drop_path", lo=0.0, hi=1.0, hi_open=True)
   for f in ("width", "depth", "heads", "mlp_dim"):
@@ -126,9 +128,8 @@ def _check_objective(c: _Checker) -> None:
     c.fail("objective.predictor_heads", f"predictor_dim {dim} is not divisible by {heads} heads")
   c.number("objective.ema_decay_start", lo=0.0, hi=1.0)
   c.number("objective.ema_decay_end", lo=0.0, hi=1.0)
-  if c.get("objective.ema_schedule") is not None:
-    c.check("objective.ema_schedule", lambda v: v in ("cosine", "linear"),
-            "unknown EMA schedule {v!r}; valid: cosine, linear")
+  c.check("objective.ema_schedule", lambda v: v in ema.SCHEDULES,
+          f"unknown EMA schedule {{v!r}}; valid: {', '.join(ema.SCHEDULES)}")
 
 
 def _check_mask(c: _Checker, grid: patching.Grid | None) -> None:

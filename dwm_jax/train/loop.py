@@ -15,6 +15,7 @@ in flight, so the host never runs further ahead than the next batch.
 from __future__ import annotations
 
 import collections
+import itertools
 import logging
 import os
 import signal
@@ -36,6 +37,10 @@ from dwm_jax.train import state as state_lib
 log = logging.getLogger("dwm_jax.train")
 
 IN_FLIGHT = 2  # steps dispatched but not yet waited for
+# How long the processes of a multi-host run wait for each other after compiling (compile times
+# differ by host; the first cross-process collective would otherwise time out after 30 s).
+START_BARRIER_SECONDS = 1800
+_starts = itertools.count()  # barrier names must be unique: one per train() call
 
 
 class NonFiniteLossError(RuntimeError):
@@ -154,6 +159,10 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
   if primary:
     log.info("%s", plan.summary())
   memory.check(plan)
+  if jax.process_count() > 1:
+    import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+    ocp.multihost.get_barrier_sync_fn()(key=f"dwm_jax_compiled_{next(_starts)}",
+                                        timeout_ms=START_BARRIER_SECONDS * 1000)
 
   if batches is None:
     loader = pipeline.make_pretrain_loader(

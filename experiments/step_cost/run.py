@@ -1,6 +1,6 @@
 """Train-step cost per masking strategy and model size (issue 4's benchmark).
 
-For each size (tiny, small, base) and strategy: median time of the pmapped M2D train step with
+For each size (tiny, small, base) and strategy: median time of the jitted M2D train step with
 the mask sampled inside it, clips/s, the share of the step spent sampling (vs the same step fed a
 precomputed mask), the informed strategy's overhead as a ratio to random masking, and achieved
 FLOP/s (XLA's cost analysis of the step) against a large matmul's FLOP/s measured in the same run.
@@ -22,9 +22,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dwm_jax import masking, objectives, patching
+from dwm_jax import masking, patching
 from dwm_jax.config import base_config
-from dwm_jax.train import state as state_lib, step as step_lib
+from dwm_jax.train import mesh as mesh_lib, setup as setup_lib, state as state_lib
+from dwm_jax.train import step as step_lib
 
 CPU_BATCH = {"tiny": 8, "small": 4, "base": 2, "large": 2}  # global batch on CPU
 ACCEL_BATCH = {"tiny": 256, "small": 256, "base": 128, "large": 64}
@@ -69,46 +70,52 @@ def bench_size(size: str, strategies: list[str], batch: int, steps: int,
   the step is the precise figure when the paired difference is inside the step's noise.
   """
   n_dev = jax.local_device_count()
-  total, per_epoch = 10_000, 100
+  mesh = mesh_lib.data_mesh()
   c = config_for(size, "random", batch, frames)
-  host_state = state_lib.create_train_state(c, jax.random.key(0), total_steps=total,
-                                            steps_per_epoch=per_epoch)
-  grid = patching.grid_for(tuple(c.model.input_shape), tuple(c.model.patch_size))
+  c.total_steps, c.steps_per_epoch = 10_000, 100
+  base_setup = setup_lib.build(c, batch)
+  host_state = jax.device_get(jax.jit(lambda k: state_lib.create_train_state(base_setup, k))(
+      jax.random.key(0)))
   x = np.random.default_rng(0).normal(size=(batch,) + tuple(c.model.input_shape))
   x = x.astype(np.float32)
-  key = jax.random.key(1)
+  key = mesh_lib.put_replicated(jax.random.key(1), mesh)
   patches = patching.patchify(jnp.asarray(x), (16, 16))
-  mask = masking.sample("random", key, patches, grid=grid, ratio=float(c.mask.ratio))
+  mask = masking.sample("random", jax.random.key(1), patches, grid=base_setup.grid,
+                        ratio=base_setup.mask_ratio)
 
-  def step_fn(cfg, precomputed: bool):
-    fn = step_lib.make_pmapped_train_step(cfg, total_steps=total, steps_per_epoch=per_epoch,
-                                          precomputed_mask=precomputed)
+  def setup_for(strategy: str) -> setup_lib.RunSetup:
+    cfg = config_for(size, strategy, batch, frames)
+    cfg.total_steps, cfg.steps_per_epoch = 10_000, 100
+    return setup_lib.build(cfg, batch)
+
+  def step_fn(setup, precomputed: bool):
+    fn = step_lib.jit_train_step(setup, mesh)
     batch_in = {"logmel": x, "mask": np.asarray(mask)} if precomputed else {"logmel": x}
-    batch_in = step_lib.shard(batch_in)
-    holder = [step_lib.replicate(host_state)]
+    batch_in = mesh_lib.put_batch(batch_in, mesh)
+    holder = [mesh_lib.put_replicated(host_state, mesh)]
 
     def one():
-      holder[0], m = fn(holder[0], batch_in, key, 0.5)
+      holder[0], m, _ = fn(holder[0], batch_in, key)
       jax.block_until_ready(m["loss"])
     return one
 
-  def mask_fn(cfg):
-    objective = objectives.from_config(cfg)
-    local = patches[:batch // n_dev]  # one device's share, as inside the pmapped step
-    fn = jax.jit(lambda k, p, h, params: step_lib.sample_mask(cfg, k, p, h, objective=objective,
-                                                              params=params))
-    return lambda: jax.block_until_ready(fn(key, local, jnp.float32(0.5), host_state.params))
+  def mask_fn(setup):
+    fn = jax.jit(setup.sample_mask)
+    return lambda: jax.block_until_ready(fn(jax.random.key(1), patches, jnp.float32(0.5),
+                                            host_state.params))
 
-  # Per-device FLOPs of the step's model compute (precomputed-mask step, one device's shard).
-  single = jax.jit(step_lib.make_train_step(c, total_steps=total, steps_per_epoch=per_epoch,
-                                            precomputed_mask=True, axis_name=None))
-  local = {"logmel": jnp.asarray(x[:batch // n_dev]), "mask": mask[:batch // n_dev]}
-  cost = single.lower(host_state, local, key, jnp.float32(0.5)).compile().cost_analysis()
+  # FLOPs of the whole step on the global batch (precomputed mask: the model compute alone).
+  one_device = mesh_lib.data_mesh(jax.devices()[:1])
+  single = step_lib.jit_train_step(base_setup, one_device)
+  cost = single.lower(mesh_lib.put_replicated(host_state, one_device),
+                      mesh_lib.put_batch({"logmel": x, "mask": np.asarray(mask)}, one_device),
+                      mesh_lib.put_replicated(jax.random.key(1), one_device)).compile()
+  cost = cost.cost_analysis()
   cost = cost[0] if isinstance(cost, list) else cost
-  flops = float(cost.get("flops", float("nan"))) * n_dev
+  flops = float(cost.get("flops", float("nan")))
 
-  fns = {"precomputed": step_fn(c, True)}
-  fns.update({s: step_fn(config_for(size, s, batch, frames), False) for s in strategies})
+  fns = {"precomputed": step_fn(base_setup, True)}
+  fns.update({s: step_fn(setup_for(s), False) for s in strategies})
   for fn in fns.values():
     fn()  # compile and warm up before any timed round
   times = {name: [] for name in fns}
@@ -129,7 +136,7 @@ def bench_size(size: str, strategies: list[str], batch: int, steps: int,
     t = statistics.median(times[s])
     share = paired(s, "precomputed")
     vs_random = paired(s, "random") if "random" in times else float("nan")
-    t_mask = timed(mask_fn(config_for(size, s, batch, frames)), steps)
+    t_mask = timed(mask_fn(setup_for(s)), steps)
     rows.append(dict(size=size, strategy=s, batch=batch, devices=n_dev, step_s=t,
                      precomputed_step_s=t_pre, clips_per_s=batch / t, mask_share=share,
                      extra_vs_random=vs_random,

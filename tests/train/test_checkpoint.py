@@ -81,14 +81,6 @@ def test_config_diff_names_changed_fields():
                                     "model.input_shape: [80, 608] -> [80, 208]"]
 
 
-def test_to_host_reads_one_replica():
-  from flax import jax_utils
-  tree = {"w": np.arange(6.0).reshape(2, 3), "n": np.int32(7)}
-  host = ckpt.to_host(jax_utils.replicate(tree))
-  np.testing.assert_array_equal(host["w"], tree["w"])
-  assert host["n"] == 7 and host["n"].shape == ()
-
-
 def test_restore_encoder_and_export(host_state, tmp_path):
   config, state = host_state
   workdir = str(tmp_path / "run")
