@@ -10,9 +10,9 @@ one the loop runs: the step is compiled exactly once.
 
 :func:`residual_bytes_per_clip` measures what ``model.remat`` controls, independently of the
 backend: the activations the forward pass keeps for the backward pass (the VJP's residuals),
-per clip. XLA:CPU undoes rematerialization (it drops the optimization barriers and merges the
-recomputation with the forward pass), so on CPU the compiled temporaries do not shrink with
-remat while the residuals do; on GPU/TPU both do (``experiments/device_check``).
+per clip. XLA:CPU compiles the recomputation but does not schedule for memory, so on CPU the
+compiled temporaries do not shrink with remat while the residuals do; GPU/TPU schedulers use
+it (``experiments/device_check`` measures both).
 """
 from __future__ import annotations
 
