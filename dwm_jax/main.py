@@ -6,9 +6,11 @@
   python -m dwm_jax.main ...   # the same
 
 Library entry: :func:`train_and_evaluate`. Exit status: 0 when finished or stopped by
-SIGTERM/SIGINT after saving a checkpoint (rerun the same command to resume), 1 on a NaN/Inf
-loss, 2 on an invalid config or command line, or a step that does not fit in device memory
-(found before step 1).
+SIGTERM/SIGINT after saving a checkpoint (rerun the same command to resume); 1 when the run
+stopped on a fault it reports in one line (NaN/Inf loss, no readable checkpoint, a failed save,
+a failed input pipeline); 2 on an invalid config or command line, a checkpoint of another model,
+or a step that does not fit in device memory (found before step 1). ``--debug`` (or
+``DWM_JAX_DEBUG=1``) adds the traceback.
 
 Strategy options: ``--config.mask.options.NAME=VALUE`` sets any registered option of the run's
 strategy (``mask.name``), typed by the option's default, e.g. ``--config.mask.options.metric=variance``
@@ -27,7 +29,7 @@ import ml_collections
 from absl import flags
 from ml_collections import config_flags
 
-from dwm_jax import distributed, validate
+from dwm_jax import console, distributed, faults, validate
 
 log = logging.getLogger("dwm_jax")
 SUMMARY_FILE = "summary.json"
@@ -160,6 +162,8 @@ def _flags(argv: list[str]) -> tuple[flags.FlagValues, Any]:
                     "SLURM, Open MPI)", flag_values=fv)
   flags.DEFINE_enum("log_level", "info", ["debug", "info", "warning"], "console log level",
                     flag_values=fv)
+  flags.DEFINE_bool("debug", False, f"show the traceback of expected failures too (or "
+                    f"{faults.DEBUG_ENV}=1)", flag_values=fv)
   return fv, config
 
 
@@ -171,15 +175,6 @@ def _unknown_field_message(error: str, argv: list[str]) -> str:
   hint = re.search(r'Did you mean "(\w+)"', error)
   return (f"unknown config field {', '.join(bad) or error}"
           + (f' (did you mean "{hint.group(1)}"?)' if hint else ""))
-
-
-def _setup_logging(level: str) -> None:
-  logging.basicConfig(level=getattr(logging, level.upper()),
-                      format="%(asctime)s %(levelname).1s %(name)s] %(message)s",
-                      datefmt="%H:%M:%S", force=True)
-  # Orbax and absl report every save at INFO; keep the console to our progress lines.
-  for name in ("absl", "orbax", "jax._src", "grain"):
-    logging.getLogger(name).setLevel(max(logging.WARNING, getattr(logging, level.upper())))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -201,7 +196,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"{prog}: {msg}\nusage: {prog} --config configs/quickstart.py --workdir DIR "
           "[--config.FIELD=VALUE ...]", file=sys.stderr)
     return 2
-  _setup_logging(fv.log_level)
+  console.setup_logging(fv.log_level)
+  if fv.debug:
+    os.environ[faults.DEBUG_ENV] = "1"  # library-level log filters read it too
   config = config_flag.value
   try:
     setup = distributed.resolve(fv.coordinator_address, fv.num_processes, fv.process_id,
@@ -210,17 +207,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"{prog}: {e}", file=sys.stderr)
     return 2
   distributed.initialize(setup)
-  from dwm_jax.train.loop import NonFiniteLossError  # pylint: disable=import-outside-toplevel
-  from dwm_jax.train.memory import DoesNotFit  # pylint: disable=import-outside-toplevel
   try:
     apply_mask_options(config, mask_options)
     summary = train_and_evaluate(config, fv.workdir)
-  except (validate.ConfigError, DoesNotFit) as e:
-    print(f"{prog}: {e}", file=sys.stderr)
-    return 2
-  except NonFiniteLossError as e:
-    log.error("%s", e)
-    return 1
+  except (faults.Fault, OSError) as e:
+    return console.report_fault(prog, e, debug=fv.debug)
   if "probe" in summary:
     log.info("probe: %s", json.dumps(summary["probe"]))
   return 0

@@ -11,13 +11,13 @@ from typing import Any, Callable
 
 import ml_collections
 
-from dwm_jax import masking, objectives, patching
+from dwm_jax import faults, masking, objectives, patching
 from dwm_jax.data.pipeline import SOURCES
 from dwm_jax.models.vit import DTYPES, MODEL_SIZES
 from dwm_jax.train import ema
 
 
-class ConfigError(ValueError):
+class ConfigError(faults.UsageFault, ValueError):
   """An invalid config; ``problems`` lists ``"field: message"`` lines."""
 
   def __init__(self, problems: list[str]):

@@ -10,6 +10,7 @@ import argparse
 import logging
 import sys
 
+from dwm_jax import console, faults
 from dwm_jax.data.pipeline import norm_stats
 from dwm_jax.evaluate.encoder import save_encoder
 from dwm_jax.train.checkpoint import restore_encoder
@@ -28,11 +29,15 @@ def main(argv: list[str] | None = None) -> int:
   p = argparse.ArgumentParser(prog="dwm-jax export", description=__doc__.split("\n")[0])
   p.add_argument("--workdir", required=True, help="pretraining workdir")
   p.add_argument("--out", required=True, help="output file (e.g. encoder.msgpack)")
-  p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+  p.add_argument("--step", type=int, default=None, help="checkpoint step (default: the newest "
+                 "that restores)")
+  p.add_argument("--debug", action="store_true", help="show tracebacks of expected failures")
   args = p.parse_args(argv)
-  logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+  console.setup_logging()
   try:
     path = export(args.workdir, args.out, step=args.step)
+  except faults.Fault as e:
+    return console.report_fault("dwm-jax export", e, debug=args.debug)
   except (FileNotFoundError, ValueError) as e:
     print(f"dwm-jax export: error: {e}", file=sys.stderr)
     return 2

@@ -19,6 +19,7 @@ import os
 import sys
 import time
 
+from dwm_jax import console, faults
 from dwm_jax.data import labeled
 from dwm_jax.evaluate.probe import ProbeConfig, evaluate_tasks, markdown_table
 
@@ -47,6 +48,7 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--sep", default=",", help="separator of multi-label labels in task CSVs")
   p.add_argument("--max-epochs", type=int, default=ProbeConfig.max_epochs)
   p.add_argument("--lr", type=float, default=ProbeConfig.lr)
+  p.add_argument("--debug", action="store_true", help="show tracebacks of expected failures")
   return p
 
 
@@ -94,9 +96,11 @@ def run(args: argparse.Namespace) -> dict[str, dict]:
 
 def main(argv: list[str] | None = None) -> int:
   args = _parser().parse_args(argv)
-  logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+  console.setup_logging()
   try:
     run(args)
+  except faults.Fault as e:
+    return console.report_fault("dwm-jax probe", e, debug=args.debug)
   except (ValueError, FileNotFoundError) as e:
     print(f"dwm-jax probe: error: {e}", file=sys.stderr)
     return 2

@@ -8,30 +8,73 @@ run's config as JSON, so a checkpoint alone can rebuild its model.
 Saves are asynchronous and atomic: orbax writes into ``<step>.orbax-checkpoint-tmp-*`` and renames
 it only once everything is written, so a run killed mid-save leaves a temporary folder that is
 ignored (and removed) at the next start, never a half-written step.
+
+A finished checkpoint can still be damaged afterwards (a full disk, a failing network file
+system, a crash during fsync truncate its files). :func:`restore_latest` therefore restores the
+newest checkpoint that restores *completely* (state, RNG, data position, config); one that fails
+is logged in one line, moved aside to ``WORKDIR/damaged_checkpoints/`` (renamed, never deleted)
+and the next older one is tried. With damaged checkpoints and no readable one it refuses to
+start (:class:`NoReadableCheckpoint`) rather than train over them. Readers (export, probe,
+``load_encoder``) use the same order read-only: they skip a damaged checkpoint and say so.
 """
 from __future__ import annotations
 
+import collections
+import itertools
 import json
 import logging
 import os
-from typing import Any
+import sys
+import time
+from typing import Any, Callable
 
 import grain.checkpoint as grain_ckpt
 import jax
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 
 from dwm_jax import config as config_lib
+from dwm_jax import faults
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_DIR = "checkpoints"
+DAMAGED_DIR = "damaged_checkpoints"
 CONFIG_FILE = "config.json"
+_barriers = itertools.count()  # names of the move-aside barriers (unique, same on every process)
+
+
+class NoReadableCheckpoint(faults.Fault):
+  """Damaged checkpoints and no readable one: starting over would train over saved work."""
+
+
+class CheckpointMismatch(faults.UsageFault):
+  """The checkpoint holds a different model or optimizer than the config builds."""
+
+
+class CheckpointWriteError(faults.Fault):
+  """A save failed (e.g. the disk is full); the previous checkpoint is intact."""
 
 
 def checkpoint_dir(workdir: str) -> str:
   return os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
+
+
+class _QuietOrbax(logging.Filter):
+  """Drops orbax's 'Given directory is read only' (every reader's manager is, on purpose) and
+  the tracebacks its background threads log when an async save fails: the same error reaches
+  the :class:`Saver`, which reports it in one line (``DWM_JAX_DEBUG=1`` keeps the tracebacks)."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    if str(record.msg).startswith("Given directory is read only"):
+      return False
+    from_orbax = f"{os.sep}orbax{os.sep}" in (record.pathname or "")
+    return not (from_orbax and record.exc_info and not faults.debug_enabled())
+
+
+logging.getLogger("absl").addFilter(_QuietOrbax())
 
 
 def make_manager(workdir: str, ckpt_cfg: ml_collections.ConfigDict | None = None, *,
@@ -70,6 +113,55 @@ def save(manager: ocp.CheckpointManager, step: int, *, state: Any, rng: jax.Arra
   manager.save(step, args=ocp.args.Composite(**items), force=True)
 
 
+class Saver:
+  """The loop's saves: a failed one (disk full, lost mount) becomes one
+  :class:`CheckpointWriteError` naming the step that failed and the last one known intact.
+
+  Saves are asynchronous: a background write that fails surfaces at the next save or at
+  :meth:`finish`, which is why the saver tracks the step in flight.
+  """
+
+  def __init__(self, manager: ocp.CheckpointManager, workdir: str, last_good: int | None):
+    self.manager, self.workdir = manager, workdir
+    self.last_good, self.in_flight = last_good, None
+
+  def _failed(self, step: int, e: Exception) -> CheckpointWriteError:
+    intact = (f"checkpoint {self.last_good} is intact and the run resumes from it"
+              if self.last_good is not None else "no earlier checkpoint exists")
+    return CheckpointWriteError(
+        f"saving checkpoint {step} to {checkpoint_dir(self.workdir)} failed ({faults.one_line(e)}); "
+        f"{intact}. Free space there (or lower checkpoint.keep), then rerun the same command")
+
+  def _settle(self) -> int | None:
+    """Moves a finished in-flight save to ``last_good``; returns the in-flight step if it did
+    not finish (then it is the one that failed)."""
+    if self.in_flight is not None and step_dir(self.workdir, self.in_flight).exists():
+      self.last_good, self.in_flight = self.in_flight, None
+    return self.in_flight
+
+  def save(self, step: int, **items: Any) -> None:
+    try:
+      save(self.manager, step, **items)  # first waits for the save in flight, raising its error
+    except Exception as e:  # pylint: disable=broad-except  (orbax/tensorstore raise many types)
+      try:
+        self.manager.wait_until_finished()  # did the save in flight finish, or fail?
+      except Exception:  # pylint: disable=broad-except  (then that one is what failed)
+        pass
+      unfinished = self._settle()
+      raise self._failed(step if unfinished is None else unfinished, e) from e
+    self._settle()
+    self.in_flight = step
+
+  def finish(self) -> None:
+    """Waits for the save in flight; raises :class:`CheckpointWriteError` if it failed."""
+    try:
+      self.manager.wait_until_finished()
+    except Exception as e:  # pylint: disable=broad-except
+      unfinished = self._settle()
+      raise self._failed(unfinished if unfinished is not None else -1, e) from e
+    self._settle()
+
+
 def restore(manager: ocp.CheckpointManager, step: int, *, state_template: Any,
             data_iter: Any) -> tuple[Any, jax.Array]:
   """Restores ``(host_state, rng)`` of ``step`` and sets ``data_iter`` to its saved position.
@@ -90,6 +182,138 @@ def saved_config(manager: ocp.CheckpointManager, step: int) -> ml_collections.Co
   """The config stored with checkpoint ``step``."""
   out = manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
   return ml_collections.ConfigDict(out["config"])
+
+
+def _shapes(tree: Any) -> collections.Counter:
+  """The multiset of ``(shape, dtype)`` of a tree's arrays: a structure check that does not
+  depend on how containers are named in orbax's metadata."""
+  leaves = jax.tree.leaves(tree, is_leaf=lambda x: hasattr(x, "shape") and hasattr(x, "dtype"))
+  return collections.Counter((tuple(x.shape), np.dtype(x.dtype).name) for x in leaves)
+
+
+def _check_structure(workdir: str, step: int, state_template: Any) -> None:
+  """Raises :class:`CheckpointMismatch` when checkpoint ``step`` holds other shapes than the
+  config's state (metadata only: a damaged metadata file raises whatever orbax raises)."""
+  meta = ocp.StandardCheckpointHandler().metadata(step_dir(workdir, step) / "state")
+  saved = _shapes(meta.item_metadata["train"] if hasattr(meta, "item_metadata") else meta["train"])
+  wanted = _shapes(state_template)
+  if saved != wanted:
+    only_saved = sorted((saved - wanted).elements())[:3]
+    only_wanted = sorted((wanted - saved).elements())[:3]
+    raise CheckpointMismatch(
+        f"checkpoint {step} in {checkpoint_dir(workdir)} holds another model or optimizer than "
+        f"this config builds (arrays only there: {only_saved}; only here: {only_wanted}). Run "
+        "with the config it was written with, or use a new workdir")
+
+
+def step_dir(workdir: str, step: int) -> epath.Path:
+  return epath.Path(checkpoint_dir(workdir)) / str(step)
+
+
+def move_aside(workdir: str, step: int) -> epath.Path:
+  """Renames checkpoint ``step`` to ``WORKDIR/damaged_checkpoints/<step>-<unix time>``."""
+  target_dir = epath.Path(os.path.abspath(workdir)) / DAMAGED_DIR
+  target_dir.mkdir(parents=True, exist_ok=True)
+  target = target_dir / f"{step}-{int(time.time())}"
+  step_dir(workdir, step).rename(target)
+  return target
+
+
+def damaged_checkpoints(workdir: str) -> list[str]:
+  path = epath.Path(os.path.abspath(workdir)) / DAMAGED_DIR
+  return sorted(p.name for p in path.iterdir()) if path.exists() else []
+
+
+def _quiet_cancelled_reads() -> None:
+  """After a failed restore, tensorstore completes the reads still in flight and calls back into
+  orbax's event loop, which is closed by then: each callback prints an 'Event loop is closed'
+  traceback (hundreds of them, burying the real error). Those, and only those, are dropped."""
+  previous = sys.unraisablehook
+  if getattr(previous, "dwm_jax_filter", False):
+    return
+
+  def hook(unraisable):
+    e = unraisable.exc_value
+    if isinstance(e, RuntimeError) and str(e) == "Event loop is closed":
+      return
+    previous(unraisable)
+
+  hook.dwm_jax_filter = True
+  sys.unraisablehook = hook
+
+
+def _agree(ok: bool) -> bool:
+  """Whether every process restored its checkpoint (all must resume from the same step)."""
+  if jax.process_count() == 1:
+    return ok
+  from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+  return bool(np.all(multihost_utils.process_allgather(np.int32(ok))))
+
+
+def restore_latest(workdir: str, manager: ocp.CheckpointManager, *, state_template: Any,
+                   data_iter: Any) -> tuple[int, Any, jax.Array, ml_collections.ConfigDict] | None:
+  """``(step, host_state, rng, saved_config)`` of the newest checkpoint that restores
+  completely, or None when there is none to resume from (a fresh start).
+
+  A checkpoint that fails to restore is logged (step, path, error) and moved aside (process 0),
+  then the next older one is tried. Raises :class:`NoReadableCheckpoint` when damaged
+  checkpoints exist (now or from an earlier start) and none restores, and
+  :class:`CheckpointMismatch` for a checkpoint of another model (which is not damage).
+  """
+  _quiet_cancelled_reads()
+  for step in sorted(manager.all_steps(), reverse=True):
+    try:
+      _check_structure(workdir, step, state_template)
+      config = saved_config(manager, step)
+      state, rng = restore(manager, step, state_template=state_template, data_iter=data_iter)
+      ok = True
+    except CheckpointMismatch:
+      raise
+    except Exception as e:  # pylint: disable=broad-except  (damage shows as any error)
+      ok, error = False, e
+    if _agree(ok):
+      return step, state, rng, config
+    if ok:
+      error = RuntimeError("another process could not restore it")
+    log.warning("checkpoint %d at %s does not restore (%s); moving it to %s/ and trying the "
+                "previous one", step, step_dir(workdir, step), faults.one_line(error), DAMAGED_DIR)
+    if jax.process_index() == 0:
+      move_aside(workdir, step)
+    if jax.process_count() > 1:
+      ocp.multihost.get_barrier_sync_fn()(key=f"dwm_jax_moved_{next(_barriers)}",
+                                          timeout_ms=600_000)
+  damaged = damaged_checkpoints(workdir)
+  if damaged:
+    raise NoReadableCheckpoint(
+        f"no readable checkpoint in {checkpoint_dir(workdir)}, and {len(damaged)} damaged one(s) "
+        f"in {os.path.join(os.path.abspath(workdir), DAMAGED_DIR)} ({', '.join(damaged)}): "
+        "refusing to train over them. Restore them from a backup, or delete that folder to "
+        "start this run from step 0")
+  return None
+
+
+def readable_steps(workdir: str, manager: ocp.CheckpointManager, restore_fn: Callable[[int], Any],
+                   step: int | None = None) -> tuple[int, Any]:
+  """Read-only fallback for readers: ``(step, restore_fn(step))`` of the newest checkpoint
+  that restores (or exactly ``step``); damaged ones are skipped with a warning, not moved."""
+  steps = [step] if step is not None else sorted(manager.all_steps(), reverse=True)
+  errors = []
+  _quiet_cancelled_reads()
+  for s in steps:
+    try:
+      out = restore_fn(s)
+    except Exception as e:  # pylint: disable=broad-except  (damage shows as any error)
+      errors.append(f"step {s}: {faults.one_line(e)}")
+      log.warning("checkpoint %d at %s does not restore (%s); trying the previous one", s,
+                  step_dir(workdir, s), faults.one_line(e))
+      continue
+    if errors:
+      log.warning("using checkpoint %d of %s (newer ones do not restore)", s, workdir)
+    return s, out
+  if not steps:
+    raise FileNotFoundError(f"{checkpoint_dir(workdir)!r} holds no finished checkpoint")
+  raise NoReadableCheckpoint(f"no checkpoint of {checkpoint_dir(workdir)} restores: "
+                             + "; ".join(errors))
 
 
 def config_diff(old: ml_collections.ConfigDict, new: ml_collections.ConfigDict) -> list[str]:
@@ -122,12 +346,12 @@ def restore_encoder(workdir: str, step: int | None = None
     raise FileNotFoundError(f"no checkpoints under {checkpoint_dir(workdir)!r}: is {workdir!r} "
                             "a pretraining workdir?")
   manager = make_manager(workdir, read_only=True)
+
+  def read(s: int) -> Any:
+    return manager.restore(s, args=ocp.args.Composite(state=ocp.args.StandardRestore(),
+                                                     config=ocp.args.JsonRestore()))
   try:
-    step = manager.latest_step() if step is None else step
-    if step is None:
-      raise FileNotFoundError(f"{checkpoint_dir(workdir)!r} holds no finished checkpoint")
-    out = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(),
-                                                        config=ocp.args.JsonRestore()))
+    step, out = readable_steps(workdir, manager, read, step)
   finally:
     manager.close()
   params = out["state"]["train"]["params"]

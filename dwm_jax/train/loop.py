@@ -26,6 +26,7 @@ from typing import Any, Callable, Iterator
 import jax
 import ml_collections
 
+from dwm_jax import faults
 from dwm_jax.data import pipeline
 from dwm_jax.train import checkpoint as ckpt
 from dwm_jax.train import memory
@@ -43,8 +44,12 @@ START_BARRIER_SECONDS = 1800
 _starts = itertools.count()  # barrier names must be unique: one per train() call
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(faults.Fault, RuntimeError):
   """The loss (or gradient norm) became NaN/Inf; the run stopped without saving that state."""
+
+
+class DataPipelineError(faults.Fault):
+  """The input pipeline failed (a data worker died, too many unreadable files)."""
 
 
 class StopRequest:
@@ -175,20 +180,24 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
 
   k_init, key = jax.random.split(jax.random.key(int(config.seed)))
   manager = ckpt.make_manager(workdir, config.checkpoint)
-  start = manager.latest_step()
-  if start is None:
+  restored = ckpt.restore_latest(workdir, manager, state_template=state_lib.abstract_train_state(
+      setup), data_iter=data_iter if batches is None else None)
+  manager.close()  # a fresh manager: the restore may have moved damaged checkpoints aside
+  manager = ckpt.make_manager(workdir, config.checkpoint)
+  if restored is None:
+    start = None
     state = _initial_state(setup, mesh, k_init)
   else:
-    diff = ckpt.config_diff(ckpt.saved_config(manager, start), config)
+    start, host_state, key, saved = restored
+    diff = ckpt.config_diff(saved, config)
     if diff:
       log.warning("resuming with a config that differs from the checkpoint's (the run will not "
                   "match an uninterrupted one):\n  %s", "\n  ".join(diff))
-    host_state, key = ckpt.restore(manager, start, state_template=state_lib.abstract_train_state(
-        setup), data_iter=data_iter if batches is None else None)
     state = mesh_lib.put_replicated(host_state, mesh)
     del host_state
     log.info("resumed from step %d of %s", start, ckpt.checkpoint_dir(workdir))
   host_key, key = key, mesh_lib.put_replicated(key, mesh)
+  saver = ckpt.Saver(manager, workdir, last_good=start)
 
   writer = metrics_log.make_writer(workdir, is_primary=primary)
   writer.write_hparams(metrics_log.hparams(config))
@@ -202,14 +211,27 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
   stop = StopRequest(multi_process=jax.process_count() > 1)
 
   def pull() -> tuple[Any, Any]:
-    batch = mesh_lib.put_batch(next(data_iter), mesh)
+    try:
+      host_batch = next(data_iter)
+    except Exception as e:  # pylint: disable=broad-except  (grain re-raises workers' errors)
+      raise DataPipelineError(f"the input pipeline failed after step {step} "
+                              f"({faults.one_line(e)})") from e
+    batch = mesh_lib.put_batch(host_batch, mesh)
     return batch, (DataPosition(data_iter) if batches is None else None)
+
+  def save(position: Any) -> None:
+    nonlocal last_saved
+    check_finite()
+    saver.save(step, state=mesh_lib.to_host(state), rng=host_key, data_iter=position,
+               config=config)
+    last_saved = step
 
   def check_finite() -> None:
     bad = int(mesh_lib.to_host(state.first_nonfinite))
     if bad >= 0:
       _raise_nonfinite(bad, last_saved, workdir)
 
+  position = None
   try:
     with stop:
       upcoming = pull() if step < setup.total_steps else None
@@ -218,7 +240,14 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
         state, metrics, mask = compiled(state, batch, key)
         step += 1
         if step < setup.total_steps:
-          upcoming = pull()  # copied to the devices while the step runs
+          try:
+            upcoming = pull()  # copied to the devices while the step runs
+          except DataPipelineError as e:
+            if step != last_saved:
+              save(position)  # what was trained is kept; the rerun resumes right here
+              saver.finish()
+            raise DataPipelineError(f"{e}; saved checkpoint {step}, rerun the same command to "
+                                    "resume from it") from e.__cause__
         in_flight.append(metrics["loss"])
         if len(in_flight) > IN_FLIGHT:
           in_flight.popleft().block_until_ready()
@@ -235,16 +264,17 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
             log.info("%s", line)
         stopping = stop.should_stop(step)
         if step % config.checkpoint.every_steps == 0 or step == setup.total_steps or stopping:
-          check_finite()
-          ckpt.save(manager, step, state=mesh_lib.to_host(state), rng=host_key,
-                    data_iter=position, config=config)
-          last_saved = step
+          save(position)
         if stopping:
           break
         if on_step is not None:
           on_step(step)
+    saver.finish()
   finally:
-    manager.wait_until_finished()
+    try:
+      manager.wait_until_finished()  # after a failure: whatever is still being written
+    except Exception:  # pylint: disable=broad-except  (already reported by the saver)
+      pass
     manager.close()
     writer.flush()
     writer.close()

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
+from dwm_jax import faults
 from dwm_jax.train import mesh as mesh_lib
 from dwm_jax.train import state as state_lib
 from dwm_jax.train import step as step_lib
@@ -36,7 +37,7 @@ HEADROOM = 0.9
 REMEDIES = ("batch_size", "optim.accum_steps", "model.dtype=bfloat16", "model.remat=True")
 
 
-class DoesNotFit(RuntimeError):
+class DoesNotFit(faults.UsageFault):
   """The compiled step needs more memory per device than the device has."""
 
 

@@ -1,0 +1,38 @@
+"""What the commands print: the log format, and an expected failure as one line.
+
+Every ``dwm-jax`` command configures logging with :func:`setup_logging` (our progress lines,
+orbax / absl / grain only from WARNING) and reports a :class:`dwm_jax.faults.Fault` with
+:func:`report_fault` (one line on stderr, the traceback only with ``--debug`` or
+``DWM_JAX_DEBUG=1``), returning its exit status.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+import traceback
+
+from dwm_jax import faults
+
+QUIET = ("absl", "orbax", "jax._src", "grain")
+
+
+def setup_logging(level: str = "info") -> None:
+  logging.basicConfig(level=getattr(logging, level.upper()),
+                      format="%(asctime)s %(levelname).1s %(name)s] %(message)s",
+                      datefmt="%H:%M:%S", force=True)
+  # Orbax and absl report every save at INFO; keep the console to our progress lines.
+  for name in QUIET:
+    logging.getLogger(name).setLevel(max(logging.WARNING, getattr(logging, level.upper())))
+
+
+def report_fault(prog: str, e: BaseException, *, debug: bool = False) -> int:
+  """Prints an expected failure as one line (plus its traceback with ``debug``); returns the
+  exit status. An ``OSError`` that is not a :class:`faults.Fault` (e.g. the disk filling while
+  writing logs) is reported the same way, with status 1."""
+  if faults.debug_enabled(debug):
+    traceback.print_exception(e)
+  message = str(e) if isinstance(e, faults.Fault) else (
+      f"{faults.one_line(e)}; the last checkpoint is intact, rerun the same command to resume "
+      "once the cause is fixed")
+  print(f"{prog}: {message}", file=sys.stderr)
+  return int(getattr(e, "exit_status", 1))

@@ -1,0 +1,36 @@
+"""Expected failures: each is one exception type with a one-line message and an exit status.
+
+The command-line entry points print ``str(fault)`` and exit with ``fault.exit_status`` (no
+traceback unless ``--debug`` or ``DWM_JAX_DEBUG=1``); the README's "Faults and exit status"
+table lists every case. Status 1: the run stopped on a fault (rerunning after the fix resumes);
+status 2: the request itself cannot work (invalid config or arguments, does not fit).
+"""
+from __future__ import annotations
+
+import os
+
+DEBUG_ENV = "DWM_JAX_DEBUG"
+
+
+class Fault(Exception):
+  """Base of the expected failures; ``exit_status`` is what the command exits with."""
+  exit_status = 1
+
+
+class UsageFault(Fault):
+  """The request cannot work as given (config, arguments, sizes): fix it, then rerun."""
+  exit_status = 2
+
+
+def one_line(e: BaseException, limit: int = 400) -> str:
+  """``"TypeName: message"`` on one line; a longer message keeps its start and its end, where
+  I/O libraries put the cause (e.g. tensorstore's '... No space left on device')."""
+  text = " ".join(str(e).split())
+  if len(text) > limit:
+    text = f"{text[:limit * 5 // 8]} ... {text[-limit * 3 // 8:]}"
+  return f"{type(e).__name__}: {text}"
+
+
+def debug_enabled(flag: bool = False) -> bool:
+  """``--debug`` or ``DWM_JAX_DEBUG=1``: show tracebacks of expected failures too."""
+  return flag or os.environ.get(DEBUG_ENV, "").lower() in ("1", "true", "yes")
