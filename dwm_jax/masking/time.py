@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from dwm_jax.masking import ops
-from dwm_jax.masking.hint import swap_with_noise
+from dwm_jax.masking.hint import hint_swap
 from dwm_jax.masking.registry import register
 from dwm_jax.patching import Grid
 
@@ -44,6 +44,7 @@ def time_masking(key: jax.Array, patches: jnp.ndarray, *, grid: Grid, num_masked
   """Time-column masking. ``patches: [B, N, P]`` (shape only) -> ``bool [B, N]``, exactly K."""
   del ratio
   b, n, _ = patches.shape
-  u_col, u_row, u_reveal, u_remask = ops.uniforms(key, b, grid.time, grid.freq, n, n)
+  k_draw, k_hint = jax.random.split(key)
+  u_col, u_row = ops.uniforms(k_draw, b, grid.time, grid.freq)
   mask = column_mask(u_col, u_row, grid, num_masked)
-  return swap_with_noise(u_reveal, u_remask, mask, num_masked, hint)
+  return hint_swap(k_hint, mask, num_masked, hint)
