@@ -30,10 +30,11 @@ def column_mask(u_col: jnp.ndarray, u_row: jnp.ndarray, grid: Grid,
   ``u_col: [B, Tp]`` and ``u_row: [B, Fp]`` are uniform noises that order the columns and rows.
   """
   full, rest = divmod(num_masked, grid.freq)
-  col_rank = ops.ranks(u_col)                                            # [B, Tp]
-  row_rank = ops.ranks(u_row)                                            # [B, Fp]
-  whole = col_rank < full                                                # [B, Tp]
-  partial = (col_rank == full)[:, None, :] & (row_rank < rest)[:, :, None]  # [B, Fp, Tp]
+  # Exact-count selections, not ranks: the same sets (ties by lower index) without two argsorts.
+  whole = ops.smallest_mask(u_col, full)                                 # [B, Tp]
+  next_col = ops.smallest_mask(u_col, min(full + 1, grid.time)) & ~whole  # [B, Tp]
+  rows = ops.smallest_mask(u_row, rest)                                  # [B, Fp]
+  partial = next_col[:, None, :] & rows[:, :, None]                      # [B, Fp, Tp]
   mask = whole[:, None, :] | partial
   return mask.reshape(-1, grid.num_patches)
 

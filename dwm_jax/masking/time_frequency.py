@@ -37,8 +37,9 @@ def stripes(u_col: jnp.ndarray, u_row: jnp.ndarray, grid: Grid, n_cols: int,
 
   ``u_col: [B, Tp]`` and ``u_row: [B, Fp]`` are uniform noises; the smallest are masked.
   """
-  cols = ops.ranks(u_col) < n_cols   # [B, Tp]
-  rows = ops.ranks(u_row) < n_rows   # [B, Fp]
+  # Exact-count selections: the sets of ``ranks(u) < n`` (ties by lower index), no argsorts.
+  cols = ops.smallest_mask(u_col, n_cols)   # [B, Tp]
+  rows = ops.smallest_mask(u_row, n_rows)   # [B, Fp]
   return (rows[:, :, None] | cols[:, None, :]).reshape(-1, grid.num_patches)
 
 
