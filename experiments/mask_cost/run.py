@@ -317,11 +317,19 @@ def add_ratios(rows: Sequence[dict[str, Any]]) -> None:
     r["speedup_vs_numpy_inverse_block"] = by[NP_INVERSE_BLOCK] / r["median_ms"]
 
 
+def _number(value: Any) -> float:
+  return float("nan") if value is None or value == "" else float(value)
+
+
 def check_targets(rows: Sequence[dict[str, Any]]) -> list[tuple[str, bool]]:
   """(description, passed) for every target measurement in ``rows`` (issue 15's targets)."""
   checks = []
   points = {}
   for r in rows:
+    # Rows read back from results.csv (e.g. by the colab notebook) hold strings; "" = n/a.
+    r = {**r, **{c: _number(r.get(c)) for c in ("median_ms", "x_floor", "x_random",
+                                                  "speedup_vs_authors")},
+         "batch": int(r["batch"])}
     points.setdefault((r["grid"], r["batch"]), {})[r["method"]] = r
   for (grid, batch), by in points.items():
     at = f"[{grid}, B={batch}]"
@@ -333,7 +341,7 @@ def check_targets(rows: Sequence[dict[str, Any]]) -> list[tuple[str, bool]]:
         limit = FLOOR_TARGETS[hint]
         checks.append((f"{method} <= {limit:g}x floor {at}: {r['x_floor']:.2f}x",
                        r["x_floor"] <= limit))
-      if batch == AUTHORS_TARGET_BATCH and np.isfinite(r.get("speedup_vs_authors", np.nan)):
+      if batch == AUTHORS_TARGET_BATCH and np.isfinite(r["speedup_vs_authors"]):
         checks.append((f"{method} >= {AUTHORS_TARGET:g}x faster than the authors' torch DWM "
                        f"{at}: {r['speedup_vs_authors']:.1f}x ({r['median_ms']:.2f} ms)",
                        r["speedup_vs_authors"] >= AUTHORS_TARGET))
