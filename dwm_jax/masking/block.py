@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 
 from dwm_jax.masking import ops
-from dwm_jax.masking.hint import swap_with_noise
+from dwm_jax.masking.hint import hint_swap
 from dwm_jax.masking.registry import register
 from dwm_jax.patching import Grid
 
@@ -114,10 +114,9 @@ def block_masking(key: jax.Array, patches: jnp.ndarray, *, grid: Grid, num_maske
   """
   del ratio
   b, n, _ = patches.shape
-  k_blocks, k_rest = jax.random.split(key)
+  k_blocks, k_fill, k_hint = jax.random.split(key, 3)
   blocks = beit_blocks(k_blocks, b, grid, num_masked, min_num_patches=min_num_patches,
                        max_num_patches=max_num_patches, min_aspect=min_aspect,
                        max_aspect=max_aspect)
-  u_fill, u_reveal, u_remask = ops.uniforms(k_rest, b, n, n, n)
-  mask = ops.fill_with_noise(u_fill, blocks, num_masked)
-  return swap_with_noise(u_reveal, u_remask, mask, num_masked, hint)
+  mask = ops.fill_with_noise(ops.uniform_noise(k_fill, (b, n)), blocks, num_masked)
+  return hint_swap(k_hint, mask, num_masked, hint)

@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 
 from dwm_jax.masking import ops
-from dwm_jax.masking.hint import swap_with_noise
+from dwm_jax.masking.hint import hint_swap
 from dwm_jax.masking.registry import register
 from dwm_jax.patching import Grid
 
@@ -20,18 +20,35 @@ EPS = 1e-12
 METRICS = ("mad", "variance")
 
 
+def dispersion_sums(patches: jnp.ndarray, metric: str = "mad") -> jnp.ndarray:
+  """``P`` times :func:`dispersion`: ``patches: [B, N, P] -> float32 [B, N]``.
+
+  ``mad``: ``sum |x - mean|``; ``variance``: ``sum (x - mean) ** 2``, each in two passes over the
+  patch (the mean first), which XLA:CPU runs as one tiled fusion whose second pass hits cache.
+  The scale by ``1 / P`` is left out on purpose: any elementwise op fused after the final
+  reduction (even that multiply) made XLA:CPU's fused kernel 3-4x slower (measured,
+  experiments/mask_cost/README.md), and DWM's weights only matter up to a common factor.
+  """
+  x = patches.astype(jnp.float32)
+  dev = x - jnp.sum(x, axis=-1, keepdims=True) / x.shape[-1]
+  if metric == "mad":
+    total = jnp.sum(jnp.abs(dev), axis=-1)
+  elif metric == "variance":
+    total = jnp.sum(dev * dev, axis=-1)
+  else:
+    raise ValueError(f"unknown dispersion metric {metric!r}; valid: {', '.join(METRICS)}")
+  # A select (which the library fusion does not take) ends the fused reduction here, so what
+  # follows (the log, the Gumbel noise) runs in a separate cheap [B, N] loop. Sums of
+  # non-negative terms are >= 0 (NaN stays NaN), so this changes no value.
+  return jnp.where(total >= 0, total, jnp.nan)
+
+
 def dispersion(patches: jnp.ndarray, metric: str = "mad") -> jnp.ndarray:
   """Per-patch dispersion in float32: ``patches: [B, N, P] -> [B, N]``.
 
   ``mad``: mean absolute deviation from the patch mean; ``variance``: population variance.
   """
-  x = patches.astype(jnp.float32)
-  dev = x - jnp.mean(x, axis=-1, keepdims=True)
-  if metric == "mad":
-    return jnp.mean(jnp.abs(dev), axis=-1)
-  if metric == "variance":
-    return jnp.mean(dev * dev, axis=-1)
-  raise ValueError(f"unknown dispersion metric {metric!r}; valid: {', '.join(METRICS)}")
+  return dispersion_sums(patches, metric) / patches.shape[-1]
 
 
 def weighted_mask(key: jax.Array, weights: jnp.ndarray, num_masked: int,
@@ -60,8 +77,10 @@ def dwm_masking(key: jax.Array, patches: jnp.ndarray, *, grid: Grid, num_masked:
   del grid, ratio
   if metric not in METRICS:
     raise ValueError(f"unknown dispersion metric {metric!r}; valid: {', '.join(METRICS)}")
-  b, n, _ = patches.shape
-  u_draw, u_reveal, u_remask = ops.uniforms(key, b, n, n, n)
-  weights = dispersion(patches, metric) + EPS
-  mask = weighted_mask_with_noise(u_draw, weights, num_masked, probabilistic)
-  return swap_with_noise(u_reveal, u_remask, mask, num_masked, hint)
+  b, n, p = patches.shape
+  k_draw, k_hint = jax.random.split(key)
+  # Weights P * (dispersion + EPS): the same law as dispersion + EPS (a common factor).
+  weights = dispersion_sums(patches, metric) + p * EPS
+  mask = weighted_mask_with_noise(ops.uniform_noise(k_draw, (b, n)), weights, num_masked,
+                                  probabilistic)
+  return hint_swap(k_hint, mask, num_masked, hint)

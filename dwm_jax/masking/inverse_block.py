@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 
 from dwm_jax.masking import ops
-from dwm_jax.masking.hint import swap_with_noise
+from dwm_jax.masking.hint import hint_swap
 from dwm_jax.masking.registry import register
 from dwm_jax.patching import Grid
 
@@ -87,10 +87,21 @@ def inverse_block_masking(key: jax.Array, patches: jnp.ndarray, *, grid: Grid, n
   if n_centres < 0:
     raise ValueError(f"inverse_block adjust={adjust} gives a negative block count at keep "
                      f"probability {p}")
-  u_centres, u_fill, u_a, u_b = ops.uniforms(key, b, n_centres, n, n, n)
+  k_draw, k_hint = jax.random.split(key)
+  u_centres, u_fill = ops.uniforms(k_draw, b, n_centres, n)
   blocks = blocks_from_centres(uniform_centres(u_centres, n), grid, block_size)
   mask = ~ops.fill_with_noise(u_fill, blocks, n_keep)
   if full_hint:
-    return swap_with_noise(u_a, u_b, mask, num_masked, hint)
-  random = ops.top_k_mask(u_a, num_masked)
-  return jnp.where(jnp.asarray(hint, jnp.float32) >= 1.0, random, mask)
+    return hint_swap(k_hint, mask, num_masked, hint)
+  return random_at_full_hint(k_hint, mask, jnp.int32(num_masked), jnp.asarray(hint, jnp.float32))
+
+
+# A cond, not a select: below h = 1 the random mask is neither drawn nor selected. jit (K traced):
+# an eager caller would otherwise re-compile the cond (its branches close over the mask) at every
+# call.
+@jax.jit
+def random_at_full_hint(key: jax.Array, mask: jnp.ndarray, num_masked: jnp.ndarray,
+                        hint: jnp.ndarray) -> jnp.ndarray:
+  """``mask: bool [B, N]``, or uniform random masking of ``num_masked`` where ``hint >= 1``."""
+  b, n = mask.shape
+  return jax.lax.cond(hint >= 1.0, lambda: ops.random_mask(key, b, n, num_masked), lambda: mask)

@@ -21,6 +21,11 @@ def orderable_keys(x: jnp.ndarray) -> jnp.ndarray:
   return jnp.where(bits >> 31 == 1, ~bits, bits | jnp.uint32(0x80000000))
 
 
+def count_dtype(n: int) -> jnp.dtype:
+  """Narrowest integer that holds a count of ``n`` entries: int16 counts vectorise better."""
+  return jnp.int16 if n < 2**15 else jnp.int32
+
+
 # jit: eager callers (tools, tests) then compile the loop once per shape, not once per call.
 @jax.jit
 def _largest_mask_keys(keys: jnp.ndarray, k: int | jnp.ndarray) -> jnp.ndarray:
@@ -35,10 +40,11 @@ def _largest_mask_keys(keys: jnp.ndarray, k: int | jnp.ndarray) -> jnp.ndarray:
   # every one of the 32 passes.
   keys = jax.lax.optimization_barrier(keys)
   k = jnp.asarray(k, jnp.int32)
+  dtype = count_dtype(keys.shape[-1])
 
   def fix_bit(i, prefix):
     candidate = prefix | (jnp.uint32(1) << (31 - i).astype(jnp.uint32))
-    count = jnp.sum(keys >= candidate, axis=-1, keepdims=True, dtype=jnp.int32)
+    count = jnp.sum(keys >= candidate, axis=-1, keepdims=True, dtype=dtype)
     return jnp.where(count >= k, candidate, prefix)
 
   # Not unrolled: the unrolled 32 passes made XLA:CPU compile for minutes on small rows (e.g.
@@ -48,6 +54,62 @@ def _largest_mask_keys(keys: jnp.ndarray, k: int | jnp.ndarray) -> jnp.ndarray:
   tied = keys == kth
   room = k - jnp.sum(above, axis=-1, keepdims=True, dtype=jnp.int32)
   return above | (tied & (jnp.cumsum(tied, axis=-1, dtype=jnp.int32) <= room))
+
+
+@jax.jit
+def _largest_mask_keys_split(keys: jnp.ndarray, group: jnp.ndarray, k_in: jnp.ndarray,
+                             k_out: jnp.ndarray) -> jnp.ndarray:
+  """The ``k_in`` largest ``keys`` where ``group`` and the ``k_out`` largest where not.
+
+  ``keys: uint32 [B, N]``, ``group: bool [B, N]``, ``k_in, k_out: int [B, 1]`` (traced). Both
+  radix searches share one loop: each pass counts both sides at once, packed in one integer
+  (inside in the low ``s`` bits, outside above them, ``2**s > N``), so a pass is one fused
+  weighted count instead of two selections' two.
+  """
+  keys = jax.lax.optimization_barrier(keys)
+  shift = max(keys.shape[-1], 1).bit_length()          # 2**shift > N
+  low = jnp.int32((1 << shift) - 1)
+  k_in = jnp.asarray(k_in, jnp.int32)
+  k_out = jnp.asarray(k_out, jnp.int32)
+  weight = jnp.where(group, 1, 1 << shift).astype(jnp.int32)
+
+  def unpack(count):
+    return count & low, count >> shift
+
+  def fix_bit(i, prefixes):
+    p_in, p_out = prefixes
+    bit = jnp.uint32(1) << (31 - i).astype(jnp.uint32)
+    c_in, c_out = p_in | bit, p_out | bit
+    hit = keys >= jnp.where(group, c_in, c_out)
+    n_in, n_out = unpack(jnp.sum(jnp.where(hit, weight, 0), axis=-1, keepdims=True,
+                                 dtype=jnp.int32))
+    return jnp.where(n_in >= k_in, c_in, p_in), jnp.where(n_out >= k_out, c_out, p_out)
+
+  zeros = jnp.zeros((keys.shape[0], 1), jnp.uint32)
+  kth_in, kth_out = jax.lax.fori_loop(0, 32, fix_bit, (zeros, zeros))
+  kth = jnp.where(group, kth_in, kth_out)
+  above = keys > kth
+  tied = keys == kth
+  a_in, a_out = unpack(jnp.sum(jnp.where(above, weight, 0), axis=-1, keepdims=True,
+                               dtype=jnp.int32))
+  room = jnp.where(group, k_in - a_in, k_out - a_out)
+  # Ties fill in index order within each side (the running packed count, unpacked per side).
+  r_in, r_out = unpack(jnp.cumsum(jnp.where(tied, weight, 0), axis=-1, dtype=jnp.int32))
+  return above | (tied & (jnp.where(group, r_in, r_out) <= room))
+
+
+def split_top_k_mask(scores: jnp.ndarray, group: jnp.ndarray, k_in: int | jnp.ndarray,
+                     k_out: int | jnp.ndarray) -> jnp.ndarray:
+  """``k_in`` largest scores inside ``group`` plus ``k_out`` largest outside it, per row.
+
+  ``scores: [B, N]``, ``group: bool [B, N]``, counts scalars or ``int [B]`` / ``[B, 1]`` (may be
+  traced; ``0 <= k_in <= |group|``, ``0 <= k_out <= N - |group|`` per row). Ties go to the lower
+  index, as :func:`top_k_mask`. One radix loop: the cost of one selection, not two.
+  """
+  b = scores.shape[0]
+  k_in = jnp.broadcast_to(jnp.asarray(k_in, jnp.int32).reshape(-1, 1), (b, 1))
+  k_out = jnp.broadcast_to(jnp.asarray(k_out, jnp.int32).reshape(-1, 1), (b, 1))
+  return _largest_mask_keys_split(orderable_keys(scores), group, k_in, k_out)
 
 
 def smallest_mask(x: jnp.ndarray, n: int | jnp.ndarray, max_n: int | None = None) -> jnp.ndarray:

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from dwm_jax.masking import ops
-from dwm_jax.masking.hint import swap_with_noise
+from dwm_jax.masking.hint import hint_swap
 from dwm_jax.masking.registry import register
 from dwm_jax.patching import Grid
 
@@ -30,10 +30,11 @@ def column_mask(u_col: jnp.ndarray, u_row: jnp.ndarray, grid: Grid,
   ``u_col: [B, Tp]`` and ``u_row: [B, Fp]`` are uniform noises that order the columns and rows.
   """
   full, rest = divmod(num_masked, grid.freq)
-  col_rank = ops.ranks(u_col)                                            # [B, Tp]
-  row_rank = ops.ranks(u_row)                                            # [B, Fp]
-  whole = col_rank < full                                                # [B, Tp]
-  partial = (col_rank == full)[:, None, :] & (row_rank < rest)[:, :, None]  # [B, Fp, Tp]
+  # Exact-count selections, not ranks: the same sets (ties by lower index) without two argsorts.
+  whole = ops.smallest_mask(u_col, full)                                 # [B, Tp]
+  next_col = ops.smallest_mask(u_col, min(full + 1, grid.time)) & ~whole  # [B, Tp]
+  rows = ops.smallest_mask(u_row, rest)                                  # [B, Fp]
+  partial = next_col[:, None, :] & rows[:, :, None]                      # [B, Fp, Tp]
   mask = whole[:, None, :] | partial
   return mask.reshape(-1, grid.num_patches)
 
@@ -44,6 +45,7 @@ def time_masking(key: jax.Array, patches: jnp.ndarray, *, grid: Grid, num_masked
   """Time-column masking. ``patches: [B, N, P]`` (shape only) -> ``bool [B, N]``, exactly K."""
   del ratio
   b, n, _ = patches.shape
-  u_col, u_row, u_reveal, u_remask = ops.uniforms(key, b, grid.time, grid.freq, n, n)
+  k_draw, k_hint = jax.random.split(key)
+  u_col, u_row = ops.uniforms(k_draw, b, grid.time, grid.freq)
   mask = column_mask(u_col, u_row, grid, num_masked)
-  return swap_with_noise(u_reveal, u_remask, mask, num_masked, hint)
+  return hint_swap(k_hint, mask, num_masked, hint)

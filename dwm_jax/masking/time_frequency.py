@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from dwm_jax.masking import ops
-from dwm_jax.masking.hint import swap_with_noise
+from dwm_jax.masking.hint import hint_swap
 from dwm_jax.masking.registry import register
 from dwm_jax.patching import Grid, num_masked as masked_count
 
@@ -37,8 +37,9 @@ def stripes(u_col: jnp.ndarray, u_row: jnp.ndarray, grid: Grid, n_cols: int,
 
   ``u_col: [B, Tp]`` and ``u_row: [B, Fp]`` are uniform noises; the smallest are masked.
   """
-  cols = ops.ranks(u_col) < n_cols   # [B, Tp]
-  rows = ops.ranks(u_row) < n_rows   # [B, Fp]
+  # Exact-count selections: the sets of ``ranks(u) < n`` (ties by lower index), no argsorts.
+  cols = ops.smallest_mask(u_col, n_cols)   # [B, Tp]
+  rows = ops.smallest_mask(u_row, n_rows)   # [B, Fp]
   return (rows[:, :, None] | cols[:, None, :]).reshape(-1, grid.num_patches)
 
 
@@ -61,7 +62,8 @@ def time_frequency_masking(key: jax.Array, patches: jnp.ndarray, *, grid: Grid, 
   pt = _fraction("time_ratio", time_ratio, default)
   pf = _fraction("freq_ratio", freq_ratio, default)
   b, n, _ = patches.shape
-  u_col, u_row, u_fill, u_reveal, u_remask = ops.uniforms(key, b, grid.time, grid.freq, n, n, n)
+  k_draw, k_hint = jax.random.split(key)
+  u_col, u_row, u_fill = ops.uniforms(k_draw, b, grid.time, grid.freq, n)
   union = stripes(u_col, u_row, grid, masked_count(grid.time, pt), masked_count(grid.freq, pf))
   mask = ops.fill_with_noise(u_fill, union, num_masked)
-  return swap_with_noise(u_reveal, u_remask, mask, num_masked, hint)
+  return hint_swap(k_hint, mask, num_masked, hint)

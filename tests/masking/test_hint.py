@@ -64,3 +64,96 @@ def test_hint_schedule():
   assert float(masking.hint_schedule(10, 300.0, fixed=0.3)) == pytest.approx(0.3)
   traced = jax.jit(lambda e: masking.hint_schedule(e, 300.0))
   assert float(traced(jnp.float32(240.0))) == pytest.approx(1 - 0.8**2)
+
+
+# --------------------------------------------------------------------------- the one-selection swap
+
+def two_step_reference(rng, mask, num_masked, hint):
+  """The authors' swap written out in numpy, one row at a time: reveal n masked uniformly, then
+  re-mask n uniformly from the visible + revealed ones."""
+  n = int(num_masked * hint)
+  out = mask.copy()
+  for row in out:
+    revealed = rng.choice(np.flatnonzero(row), n, replace=False)
+    row[revealed] = False
+    row[rng.choice(np.flatnonzero(~row), n, replace=False)] = True
+  return out
+
+
+def overlap_pmf(num_patches, num_masked, n):
+  """P(j): j of the n re-masked patches were revealed ones (hypergeometric), by counting."""
+  from math import comb
+  visible = num_patches - num_masked
+  total = comb(visible + n, n)
+  return np.array([comb(n, j) * comb(visible, n - j) / total for j in range(n + 1)])
+
+
+def test_hint_zero_is_the_unswapped_mask_exactly():
+  x = jax.random.normal(jax.random.key(5), (8, 190, 16))
+  swap = jax.jit(lambda key, m, h: masking.hint_swap(key, m, 133, h))
+  m = masking.sample("random", jax.random.key(1), x, grid=(5, 38), ratio=0.7)
+  # 0 and every hint below 1 / K swap nothing: the traced path returns the mask itself.
+  for h in (0.0, 0.5 / 133, 0.99 / 133):
+    np.testing.assert_array_equal(swap(jax.random.key(2), m, jnp.float32(h)), m)
+  assert swap._cache_size() == 1
+  # A strategy end to end: a traced hint of 0 gives exactly the mask of a static 0 (where the
+  # swap is not even traced), and a positive hint changes it.
+  traced = jax.jit(lambda key, h: masking.sample("dwm", key, x, grid=(5, 38), ratio=0.7, hint=h))
+  static = jax.jit(lambda key: masking.sample("dwm", key, x, grid=(5, 38), ratio=0.7, hint=0.0))
+  zero = np.asarray(traced(jax.random.key(3), jnp.float32(0.0)))
+  np.testing.assert_array_equal(zero, static(jax.random.key(3)))
+  assert not np.array_equal(zero, traced(jax.random.key(3), jnp.float32(0.5)))
+  assert traced._cache_size() == 1
+
+
+@pytest.mark.parametrize("n_patches,k,rows", [(20, 12, 6), (190, 133, 4), (7, 6, 5), (9, 1, 3)])
+def test_swap_keeps_k_and_keeps_at_least_k_minus_n(n_patches, k, rows):
+  m = jnp.asarray(np.random.default_rng(0).permuted(
+      np.broadcast_to(np.arange(n_patches) < k, (rows, n_patches)), axis=1))
+  swap = jax.jit(lambda key, h: masking.hint_swap(key, m, k, h))
+  for h in np.linspace(0.0, 1.2, 13):
+    out = np.asarray(swap(jax.random.key(int(h * 100)), jnp.float32(h)))
+    np.testing.assert_array_equal(out.sum(-1), k)
+    n = min(int(np.float32(k) * np.float32(h)), k)
+    assert ((out & np.asarray(m)).sum(-1) >= k - n).all()
+  assert swap._cache_size() == 1
+
+
+@pytest.mark.parametrize("hint", [0.25, 0.5, 0.75])
+def test_overlap_count_is_hypergeometric_as_in_the_two_step_swap(hint):
+  """The law of |swapped & mask| (the one count the one-selection swap samples first) matches the
+  exact hypergeometric pmf and a numpy run of the two-step swap."""
+  swapped = np.asarray(masking.hint_swap(jax.random.key(7), base_mask(), K, jnp.float32(hint)))
+  n = int(K * hint)
+  j = (swapped[:, :K].sum(-1) - (K - n))
+  assert j.min() >= 0 and j.max() <= n
+  pmf = overlap_pmf(N, K, n)
+  observed = np.bincount(j, minlength=n + 1) / ROWS
+  sigma = np.sqrt(pmf * (1 - pmf) / ROWS) + 1e-12
+  assert (np.abs(observed - pmf) < 5 * sigma + 1e-4).all(), (observed, pmf)
+  ref = two_step_reference(np.random.default_rng(0), np.asarray(base_mask(4000)), K, hint)
+  ref_j = ref[:, :K].sum(-1) - (K - n)
+  ref_obs = np.bincount(ref_j, minlength=n + 1) / len(ref_j)
+  assert np.abs(ref_obs - pmf).max() < 5 * np.sqrt(0.25 / 4000)
+
+
+def test_swap_is_uniform_within_the_masked_and_the_visible_patches():
+  """Given the count, every masked (visible) patch is as likely to stay (be masked) as any other:
+  pair frequencies inside each side are flat, as for the two-step swap."""
+  swapped = np.asarray(masking.hint_swap(jax.random.key(8), base_mask(), K, jnp.float32(0.5)))
+  inside, outside = swapped[:, :K].astype(float), swapped[:, K:].astype(float)
+  for side in (inside, outside):
+    pairs = side.T @ side / ROWS
+    off = pairs[~np.eye(len(pairs), dtype=bool)]
+    sigma = np.sqrt(off.mean() * (1 - off.mean()) / ROWS)
+    assert off.max() - off.min() < 10 * sigma, (off.min(), off.max())
+
+
+def test_overlap_table_matches_exact_counts():
+  from dwm_jax.masking import hint as hint_mod
+  table = hint_mod.overlap_cdf(20, 12)
+  assert table.shape == (13, 13) and table.dtype == np.float32
+  for n in range(13):
+    cdf = np.cumsum(overlap_pmf(20, 12, n))
+    np.testing.assert_allclose(table[n, :n + 1], cdf, atol=1e-7)
+    assert (table[n, n:] == 1.0).all()

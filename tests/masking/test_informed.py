@@ -87,3 +87,40 @@ def test_features_are_required_and_checked():
   with pytest.raises(ValueError, match=r"features must be \[B, N, D\] = \[2, 40, D\]"):
     jit_sample("informed", jax.random.key(0), x, grid=(4, 10), ratio=0.5,
                features=jnp.zeros((2, 39, 8)))
+
+
+def same_partition_up_to_sign(x, a, b):
+  """The principal split of ``x: [B, N, D]`` at the mean projection is the same for directions
+  ``a`` and ``b`` (or swapped, the sign of a direction being arbitrary), row by row."""
+  def side(v):
+    proj = np.einsum("bnd,bd->bn", x, v)
+    return proj > proj.mean(1, keepdims=True)
+  sa, sb = side(np.asarray(a)), side(np.asarray(b))
+  return np.all((sa == sb).all(1) | (sa == ~sb).all(1))
+
+
+@pytest.mark.parametrize("n,d", [(40, 16), (12, 64), (190, 64), (64, 190)])
+def test_power_iteration_gives_the_eigh_partition_on_random_features(n, d):
+  f = np.random.default_rng(4).normal(size=(16, n, d)).astype(np.float32)
+  x = np.asarray(informed.l2_normalize(jnp.asarray(f)))
+  power = informed.principal_direction(jnp.asarray(x))
+  exact = informed.principal_direction_eigh(jnp.asarray(x))
+  np.testing.assert_allclose(np.linalg.norm(power, axis=-1), 1.0, rtol=1e-5)
+  assert same_partition_up_to_sign(x, power, exact)
+  # The directions themselves agree up to sign.
+  cos = np.abs(np.einsum("bd,bd->b", power, exact))
+  assert cos.min() > 1 - 1e-4, cos.min()
+
+
+def test_power_iteration_gives_the_eigh_partition_on_separated_features():
+  rng = np.random.default_rng(5)
+  f = planted(rng, 16)
+  f = np.take_along_axis(f, np.stack([rng.permutation(40) for _ in range(16)])[..., None], 1)
+  x = np.asarray(informed.l2_normalize(jnp.asarray(f)))
+  power = informed.principal_direction(jnp.asarray(x))
+  assert same_partition_up_to_sign(x, power, informed.principal_direction_eigh(jnp.asarray(x)))
+
+
+def test_power_iteration_uses_no_eigh():
+  jaxpr = str(jax.make_jaxpr(informed.sgim_scores)(jnp.zeros((2, 40, 16))))
+  assert "eigh" not in jaxpr and "dot_general" in jaxpr

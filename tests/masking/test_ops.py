@@ -2,6 +2,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+from hypothesis import given, settings, strategies as st
 
 from dwm_jax.masking import ops
 
@@ -27,3 +28,41 @@ def test_fill_to_count_keeps_what_fits_and_is_uniform():
   trimmed = np.asarray(ops.fill_to_count(jax.random.key(1), jnp.asarray(base), 5))
   assert (trimmed.sum(-1) == 5).all() and not trimmed[:, 8:].any()
   np.testing.assert_allclose(trimmed[:, :8].mean(0), 5 / 8, atol=0.035)
+
+
+def split_reference(scores, group, k_in, k_out):
+  """numpy: the k_in largest inside the group and k_out largest outside, ties to lower index."""
+  out = np.zeros(scores.shape, bool)
+  for r, (s, g) in enumerate(zip(scores, group)):
+    for side, k in ((g, k_in[r]), (~g, k_out[r])):
+      idx = np.flatnonzero(side)
+      order = idx[np.lexsort((idx, -s[idx]))]
+      out[r, order[:k]] = True
+  return out
+
+
+# A few shapes (each one compiles the loop), many contents.
+@settings(max_examples=25, deadline=None)
+@given(rows=st.sampled_from([1, 4]), n=st.sampled_from([1, 9, 40]), seed=st.integers(0, 2**16),
+       levels=st.sampled_from([3, 1000]))
+def test_split_top_k_mask_matches_reference(rows, n, seed, levels):
+  rng = np.random.default_rng(seed)
+  scores = (rng.integers(0, levels, (rows, n)) / levels).astype(np.float32)  # 3 levels: ties
+  group = rng.random((rows, n)) < 0.5
+  k_in = np.array([rng.integers(0, g.sum() + 1) for g in group])
+  k_out = np.array([rng.integers(0, (~g).sum() + 1) for g in group])
+  got = ops.split_top_k_mask(jnp.asarray(scores), jnp.asarray(group), jnp.asarray(k_in),
+                             jnp.asarray(k_out))
+  np.testing.assert_array_equal(got, split_reference(scores, group, k_in, k_out))
+
+
+@settings(max_examples=25, deadline=None)
+@given(rows=st.sampled_from([1, 4]), n=st.sampled_from([1, 9, 40]), seed=st.integers(0, 2**16))
+def test_top_k_mask_matches_lax_top_k(rows, n, seed):
+  rng = np.random.default_rng(seed)
+  scores = (rng.integers(0, 4, (rows, n)) / 4).astype(np.float32)
+  k = int(rng.integers(0, n + 1))
+  ref = np.zeros((rows, n), bool)
+  if k:
+    np.put_along_axis(ref, np.asarray(jax.lax.top_k(jnp.asarray(scores), k)[1]), True, axis=1)
+  np.testing.assert_array_equal(ops.top_k_mask(jnp.asarray(scores), k), ref)
