@@ -175,7 +175,8 @@ def main(argv=None) -> int:
   if a.small:
     model, per_device, frames, dtype, mm_n = "tiny", 2, 64, "float32", 512
     mask_args = ["--batch-sizes", "16", "--grids", "5x38", "--strategies", "random,dwm",
-                 "--repeats", "2", "--host-repeats", "1"]
+                 "--repeats", "2", "--host-repeats", "1", "--hints", "0", "--metrics", "mad",
+                 "--no-pieces", "--no-authors"]
     loop_args = ["--sizes", "quickstart", "--batch", "4", "--steps", "3", "--rounds", "1",
                  "--warmup", "1"]
   else:
