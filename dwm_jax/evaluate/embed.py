@@ -82,15 +82,11 @@ def _pow2_at_least(n: int) -> int:
   return 1 << max(0, (n - 1).bit_length())
 
 
-def embed_logmels(encoder: Encoder, clips: Sequence[np.ndarray], *, batch_size: int = 32,
-                  place: Callable[[np.ndarray], jax.Array] = jnp.asarray, batch_multiple: int = 1
+def embed_logmels(encoder: Encoder, clips: Sequence[np.ndarray], *, batch_size: int = 32
                   ) -> list[tuple[np.ndarray, np.ndarray]]:
   """Embeds many raw (unnormalized) log-mels ``[F, T_i]``: a list of ``(frame, clip)`` pairs.
 
   ``frame: [T'_i, Fp * D]`` with ``T'_i = ceil(T_i / pw)``; ``clip: [Fp * D]`` (mean over time).
-  ``place`` puts each window batch ``[B, F, W]`` on the devices (fine-tuning splits it over its
-  data mesh; ``encoder.params`` may then be replicated device arrays); batch sizes are rounded
-  up to a multiple of ``batch_multiple`` (the device count for a split batch).
   """
   _, w = encoder.input_shape
   pw = encoder.patch_size[1]
@@ -118,10 +114,9 @@ def embed_logmels(encoder: Encoder, clips: Sequence[np.ndarray], *, batch_size: 
     for b0 in range(0, len(items), batch_size):
       part = items[b0:b0 + batch_size]
       bsz = min(batch_size, _pow2_at_least(len(part)))
-      bsz = -(-bsz // batch_multiple) * batch_multiple
       batch = np.zeros((bsz,) + part[0][2].shape, np.float32)
       batch[:len(part)] = np.stack([p[2] for p in part])
-      out = np.asarray(forward(encoder.params, pos, place(batch), tp))
+      out = np.asarray(forward(encoder.params, pos, jnp.asarray(batch), tp))
       for (i, t0, _), emb in zip(part, out):
         frames[i][t0:t0 + tp] = emb
   return [(fr, fr.mean(axis=0)) for fr in frames]

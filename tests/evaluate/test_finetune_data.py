@@ -92,3 +92,28 @@ def test_missing_valid_split_is_the_probes_holdout(seed):
 def test_a_valid_split_is_kept():
   s = data.split_task(_task(10, 5), 0)
   assert not s.held_out and len(s.valid[0]) == 5 and len(s.train[0]) == 10
+
+
+@settings(max_examples=50, deadline=None)
+@given(length=st.integers(1, 200), window=st.integers(1, 40))
+def test_eval_windows_cover_the_clip_with_full_windows(length, window):
+  starts = data.window_starts(length, window)
+  covered = np.zeros(length, bool)
+  for s in starts:
+    covered[s:s + window] = True
+    assert s >= 0 and (s + window <= length or (s == 0 and length < window))
+  assert covered.all() and starts == sorted(set(starts))
+  if length >= window:  # windows only overlap to end at the clip's end
+    assert all(b - a == window for a, b in zip(starts[:-2], starts[1:-1]))
+    assert starts[-1] == length - window or starts[-1] + window == length
+
+
+def test_eval_windows_are_crops_padded_like_training():
+  clips = _clips([20, 5, 16])
+  windows, owner = data.eval_windows(clips, window=16, pad_value=-9.0)
+  assert owner.tolist() == [0, 0, 1, 2]
+  np.testing.assert_array_equal(windows[0], clips[0][:, :16])
+  np.testing.assert_array_equal(windows[1], clips[0][:, 4:20])
+  np.testing.assert_array_equal(windows[2][:, :5], clips[1])
+  assert np.all(windows[2][:, 5:] == -9.0)
+  np.testing.assert_array_equal(windows[3], clips[2])

@@ -89,15 +89,19 @@ def _config(**optim_fields) -> ml_collections.ConfigDict:
 
 @pytest.mark.parametrize("name", ["adamw", "sgd"])
 def test_layer_decay_is_a_per_layer_learning_rate(name):
-  """The decayed optimizer's first updates equal the plain one's times each layer's factor."""
+  """The decayed optimizer's first updates equal the plain one's times each layer's factor (and
+  the head's its own)."""
   depth = 2
   _, params = _params(depth)
   grads = jax.tree.map(lambda p: jnp.sin(jnp.arange(p.size, dtype=jnp.float32)).reshape(p.shape)
                        * 0.1 + 0.01, params)
   schedule = optax.constant_schedule(1e-3)
-  plain = optim.make_optimizer(_config(name=name, layer_decay=1.0), schedule, params, depth)
-  decayed = optim.make_optimizer(_config(name=name, layer_decay=0.6), schedule, params, depth)
-  scales = model.layer_scales(params, depth, 0.6)
+  plain = optim.make_optimizer(_config(name=name, layer_decay=1.0, head_lr_scale=1.0), schedule,
+                               params, depth)
+  decayed = optim.make_optimizer(_config(name=name, layer_decay=0.6, head_lr_scale=10.0),
+                                 schedule, params, depth)
+  scales = model.layer_scales(params, depth, 0.6, 10.0)
+  assert scales["head"]["kernel"] == 10.0 and scales["encoder"]["norm"]["scale"] == 1.0
   sp, sd = plain.init(params), decayed.init(params)
   for _ in range(2):
     up, sp = plain.update(grads, sp, params)

@@ -43,6 +43,8 @@ def tiny_config(**fields):
   c.eval_batch_size = 8
   c.epochs = 3.0
   c.log_every_steps = 2
+  c.augment.mixup = 0.3  # every random draw of the step, for the resume tests
+  c.augment.freq_mask = 8
   c.augment.time_mask = 16
   c.checkpoint.keep = 20
   for k, v in fields.items():
@@ -152,11 +154,11 @@ def test_early_stopping_keeps_the_best_evaluation(dataset, export, tmp_path, mon
   real = loop.evaluate
   calls = []
 
-  def scripted(setup, mesh, params, stats, split):
+  def scripted(evaluator, params, stats, split):
     calls.append(len(split[0]))
     if len(calls) <= 4:
       return next(scores), 1.0
-    return real(setup, mesh, params, stats, split)  # the test split: really scored
+    return real(evaluator, params, stats, split)  # the test split: really scored
 
   monkeypatch.setattr(loop, "evaluate", scripted)
   out = str(tmp_path)
@@ -189,6 +191,31 @@ def test_multilabel_task_reports_map(dataset, export, tmp_path):
   res = ft_run.finetune(export, [str(path)], str(tmp_path / "out"),
                         config=tiny_config(**{"epochs": 1.0, "augment.mixup": 0.5}))
   assert res["tags"]["metric"] == "mAP" and 0 < res["tags"]["mean"] <= 1
+
+
+@pytest.mark.parametrize("norm", ["batchnorm", "none"])
+def test_probe_head_starts_at_the_linear_probe(dataset, tiny_encoder, norm):
+  """``head.init="probe"``: the state's head scores valid as the fitted probe does."""
+  from dwm_jax.data import labeled
+  from dwm_jax.evaluate import probe
+  from dwm_jax.evaluate.finetuning import data
+  from dwm_jax.train import mesh as mesh_lib
+  task = labeled.load_task(str(dataset / "event.csv"))
+  cfg = tiny_config(**{"head.init": "probe", "head.norm": norm})
+  splits = data.split_task(task, 0)
+  setup = ft_step.build(cfg, tiny_encoder, num_train=len(splits.train[0]),
+                        num_classes=task.num_classes, multilabel=False)
+  mesh = mesh_lib.data_mesh()
+  ev = loop.Evaluator(setup, mesh, ft_step.jit_embed_windows(setup, mesh))
+  enc = mesh_lib.put_replicated(tiny_encoder.params, mesh)
+  head, stats = loop.probe_head(ev, enc, splits, seed=0)
+  state = ft_step.init_state(setup, mesh, tiny_encoder.params, jax.random.key(0), head, stats)
+  feats = {s: ev.clip_embeddings(enc, getattr(splits, s)[0]) for s in ("train", "valid")}
+  clf = probe.fit_linear((feats["train"], splits.train[1]), (feats["valid"], splits.valid[1]),
+                         seed=0, num_classes=task.num_classes)
+  want = loop.score(clf.logits(feats["valid"]), splits.valid[1], False)
+  got, loss = loop.evaluate(ev, state.params, state.stats, splits.valid)
+  assert got == pytest.approx(want) and np.isfinite(loss)
 
 
 @pytest.fixture

@@ -1,5 +1,11 @@
 """Host-side fine-tuning data: one task split into train / valid / test, and the train batches.
 
+Training sees ``window``-frame crops of the clips; evaluation sees the same kind of input: full
+windows covering each clip (every ``window`` frames, the last one aligned with the clip's end;
+a clip shorter than a window is padded), and a clip's embedding is the mean of its windows'.
+(``dwm_jax.evaluate.embed`` instead encodes a short last window on its own real columns, which
+training crops never show the encoder: a 2.08 s clip has one such 1-column window.)
+
 The train batch of step ``s`` is a pure function of ``(seed, s)``: epoch ``e = s // spe`` visits
 the clips in the order of a permutation seeded with ``(seed, e)`` (the last batch of an epoch
 wraps around to its first clips, so every batch is full and shapes are static), and each clip's
@@ -92,3 +98,30 @@ def train_batch(data: TrainSet, *, batch_size: int, window: int, seed: int, step
   frames = starts[:, None, None] + np.arange(window)[None, None, :]
   x = data.logmel[idx[:, None, None], np.arange(f)[None, :, None], frames]
   return {"logmel": x, "targets": data.targets[idx]}
+
+
+def window_starts(length: int, window: int) -> list[int]:
+  """Starts of the evaluation windows of a clip: ``0, window, 2 window, ...`` while a window
+  fits, then one aligned with the end if frames remain; ``[0]`` for a clip of at most
+  ``window`` frames."""
+  if length <= window:
+    return [0]
+  starts = list(range(0, length - window + 1, window))
+  if starts[-1] + window < length:
+    starts.append(length - window)
+  return starts
+
+
+def eval_windows(clips: list[np.ndarray], *, window: int, pad_value: float
+                 ) -> tuple[np.ndarray, np.ndarray]:
+  """``(windows [M, F, window] raw log-mels, owner [M])``: every clip's evaluation windows
+  (:func:`window_starts`) and the clip each belongs to. Built once per split."""
+  windows, owner = [], []
+  for i, c in enumerate(clips):  # once per task, not per evaluation
+    for s in window_starts(c.shape[1], window):
+      w = c[:, s:s + window]
+      if w.shape[1] < window:
+        w = np.pad(w, ((0, 0), (0, window - w.shape[1])), constant_values=pad_value)
+      windows.append(w)
+      owner.append(i)
+  return np.stack(windows).astype(np.float32), np.asarray(owner, np.int64)

@@ -27,10 +27,9 @@ import optax
 from jax.sharding import Mesh
 
 from dwm_jax.evaluate import probe
-from dwm_jax.evaluate.embed import embed_logmels
 from dwm_jax.evaluate.encoder import Encoder
 from dwm_jax.evaluate.finetuning import data, model
-from dwm_jax.evaluate.finetuning.step import FinetuneSetup, init_state, snapshot_best
+from dwm_jax.evaluate.finetuning.step import FinetuneSetup, abstract_state, init_state, snapshot_best
 from dwm_jax.train import checkpoint as ckpt
 from dwm_jax.train import mesh as mesh_lib
 from dwm_jax.train import metrics_log
@@ -56,6 +55,17 @@ def put_global(tree: Any, mesh: Mesh) -> Any:
   return jax.tree.map(put, tree)
 
 
+# Fields that do not change one run's result (the number of runs, logging, checkpoint upkeep).
+_NEUTRAL = ("seeds", "log_every_steps", "checkpoint.")
+
+
+def config_diff(manager: Any, step: int, config: Any) -> list[str]:
+  """``field: old -> new`` where the checkpoint's config and ``config`` differ in a way that
+  changes the run."""
+  return [d for d in ckpt.config_diff(ckpt.saved_config(manager, step), config)
+          if not d.startswith(_NEUTRAL)]
+
+
 def _fresh_tracker() -> dict[str, np.ndarray]:
   return {"best_score": np.float64(-np.inf), "best_loss": np.float64(np.inf),
           "best_step": np.int64(0), "since_best": np.int64(0), "stopped": np.int64(0)}
@@ -72,23 +82,46 @@ def score(logits: np.ndarray, y: np.ndarray, multilabel: bool) -> float:
   return float(np.mean(np.argmax(logits, axis=-1) == y))
 
 
-def clip_embeddings(setup: FinetuneSetup, mesh: Mesh, encoder_params: Any,
-                    clips: list[np.ndarray]) -> np.ndarray:
-  """``[n, E]``: the clip embeddings ``dwm_jax.evaluate.embed`` computes (every window of
-  every clip), with the window batches split over ``mesh``."""
-  encoder = Encoder(setup.model_cfg, encoder_params, setup.norm_mean, setup.norm_std,
-                    setup.pos_embed)
-  pairs = embed_logmels(encoder, clips, batch_size=int(setup.config.eval_batch_size),
-                        place=lambda b: put_global(b, mesh), batch_multiple=mesh.devices.size)
-  return np.stack([c for _, c in pairs])
+class Evaluator:
+  """Clip embeddings and scores of a model on fixed splits: the splits' windows are cut once
+  (``data.eval_windows``) and embedded with one compiled function per task."""
+
+  def __init__(self, setup: FinetuneSetup, mesh: Mesh, embed_fn: Any):
+    self.setup, self.mesh, self.embed_fn = setup, mesh, embed_fn
+    self._windows: dict[int, tuple[list, np.ndarray, np.ndarray]] = {}
+
+  def clip_embeddings(self, encoder_params: Any, clips: list[np.ndarray], *,
+                      cache: bool = True) -> np.ndarray:
+    """``[n, E]``: the mean of each clip's window embeddings. With ``cache``, the windows of
+    this list of clips are kept for the next call (the valid split, evaluated every epoch)."""
+    hit = self._windows.get(id(clips))
+    if hit is not None and hit[0] is clips:  # the cache holds the list: its id stays its own
+      windows, owner = hit[1:]
+    else:
+      windows, owner = data.eval_windows(clips, window=self.setup.input_shape[1],
+                                         pad_value=self.setup.norm_mean)
+      if cache:
+        self._windows[id(clips)] = (clips, windows, owner)
+    bs = int(self.setup.config.eval_batch_size)
+    outs = []
+    for b0 in range(0, len(windows), bs):  # dispatched back to back, read once at the end
+      part = windows[b0:b0 + bs]
+      if len(part) < bs:  # one static batch shape: pad the last batch
+        part = np.concatenate([part, np.repeat(part[-1:], bs - len(part), axis=0)])
+      outs.append(self.embed_fn(encoder_params, put_global(part, self.mesh)))
+    z = np.concatenate([np.asarray(o) for o in outs])[:len(windows)]
+    sums = np.zeros((len(clips), z.shape[1]), np.float64)
+    np.add.at(sums, owner, z)
+    return (sums / np.bincount(owner, minlength=len(clips))[:, None]).astype(np.float32)
 
 
-def evaluate(setup: FinetuneSetup, mesh: Mesh, params: Any, stats: Any,
+def evaluate(evaluator: Evaluator, params: Any, stats: Any,
              split: tuple[list[np.ndarray], np.ndarray]) -> tuple[float, float]:
   """``(score, loss)`` of ``params`` on a split: its clip embeddings, then the head with the
   running statistics."""
+  setup = evaluator.setup
   clips, y = split
-  z = jnp.asarray(clip_embeddings(setup, mesh, params["encoder"], clips))
+  z = jnp.asarray(evaluator.clip_embeddings(params["encoder"], clips))
   head, stats = mesh_lib.to_host(params["head"]), mesh_lib.to_host(stats)
   logits, _ = model.head(head, stats, z, norm=str(setup.config.head.norm), train=False,
                          momentum=0.0)
@@ -101,14 +134,16 @@ def evaluate(setup: FinetuneSetup, mesh: Mesh, params: Any, stats: Any,
   return score(logits, y, setup.multilabel), float(loss)
 
 
-def probe_head(setup: FinetuneSetup, mesh: Mesh, encoder: Encoder, splits: data.Splits,
+def probe_head(evaluator: Evaluator, encoder_params: Any, splits: data.Splits,
                seed: int) -> tuple[dict, dict]:
   """The head that starts from the linear probe (``head.init="probe"``): the probe's classifier
-  fitted on the frozen encoder's train embeddings (early-stopped on valid, seed ``seed``), as
+  fitted on the frozen encoder's train clip embeddings (the evaluation's: whole windows; early
+  stopped on valid, seed ``seed``), as
   ``(head params, BatchNorm statistics)``; without BatchNorm the standardization is folded
   into the linear layer."""
-  feats = {s: clip_embeddings(setup, mesh, encoder.params, getattr(splits, s)[0])
-           for s in ("train", "valid")}
+  setup = evaluator.setup
+  feats = {s: evaluator.clip_embeddings(encoder_params, getattr(splits, s)[0],
+                                        cache=s == "valid") for s in ("train", "valid")}
   clf = probe.fit_linear((feats["train"], splits.train[1]), (feats["valid"], splits.valid[1]),
                          seed=seed, multilabel=setup.multilabel, num_classes=setup.num_classes)
   w, b = np.asarray(clf.w, np.float32), np.asarray(clf.b, np.float32)
@@ -136,21 +171,32 @@ def read_result(workdir: str) -> dict | None:
     return None
 
 
-def run(setup: FinetuneSetup, compiled: Any, mesh: Mesh, encoder: Encoder, splits: data.Splits,
-        workdir: str, seed: int, *, on_step: Callable[[int], None] | None = None) -> dict:
+def run(setup: FinetuneSetup, compiled: Any, evaluator: Evaluator, encoder: Encoder,
+        splits: data.Splits, workdir: str, seed: int, *,
+        on_step: Callable[[int], None] | None = None) -> dict:
   """Fine-tunes ``encoder`` on ``splits`` in ``workdir`` (resuming), returns the result:
   ``{"score", "metric", "valid_score", "best_step", "best_epoch", "steps", "stopped_early",
   "preempted", "seconds"}`` (``score`` None when a signal stopped the run before the end).
 
   ``compiled`` is :func:`dwm_jax.evaluate.finetuning.step.compile_step`'s executable for
-  ``setup``; ``on_step(steps_done)`` runs after every step (the tests interrupt runs with it).
+  ``setup`` and ``evaluator`` embeds the splits; ``on_step(steps_done)`` runs after every step
+  (the tests interrupt runs with it).
   """
+  mesh = evaluator.mesh
   workdir = os.path.abspath(workdir)
+  config = setup.config
   done = read_result(workdir)
   if done is not None and done.get("score") is not None:
+    manager = ckpt.make_manager(workdir, read_only=True)
+    try:
+      diff = config_diff(manager, manager.latest_step(), config)
+    finally:
+      manager.close()
+    if diff:
+      raise ValueError(f"{workdir} holds a run finished with another config ("
+                       f"{'; '.join(diff[:5])}): use another output folder or delete it")
     log.info("%s: finished before (score %.4f); not retrained", workdir, done["score"])
     return done
-  config = setup.config
   window = setup.input_shape[1]
   train = data.train_set(*splits.train, window=window, pad_value=setup.norm_mean)
   k_head, key = jax.random.split(jax.random.key(int(seed)))
@@ -159,15 +205,18 @@ def run(setup: FinetuneSetup, compiled: Any, mesh: Mesh, encoder: Encoder, split
   if start is None:
     head = stats = None
     if str(config.head.init) == "probe":
-      head, stats = probe_head(setup, mesh, encoder, splits, seed)
+      head, stats = probe_head(evaluator, mesh_lib.put_replicated(encoder.params, mesh), splits,
+                               seed)
     state = init_state(setup, mesh, encoder.params, k_head, head, stats)
     tracker = _fresh_tracker()
+    if head is not None:  # where fine-tuning starts from: the probe, on valid
+      v0 = evaluate(evaluator, state.params, state.stats, splits.valid)
+      log.info("start (the linear probe's head): valid %.4f (loss %.4f)", *v0)
   else:
-    diff = ckpt.config_diff(ckpt.saved_config(manager, start), config)
+    diff = config_diff(manager, start, config)
     if diff:
       log.warning("resuming with a config that differs from the checkpoint's:\n  %s",
                   "\n  ".join(diff))
-    from dwm_jax.evaluate.finetuning.step import abstract_state  # pylint: disable=import-outside-toplevel
     template = {"model": abstract_state(setup, encoder.params), "tracker": _tracker_template()}
     host, key = ckpt.restore(manager, start, state_template=template, data_iter=None)
     state = mesh_lib.put_replicated(host["model"], mesh)
@@ -223,7 +272,7 @@ def run(setup: FinetuneSetup, compiled: Any, mesh: Mesh, encoder: Encoder, split
         evaluating = step % eval_every == 0 or step == setup.total_steps
         if evaluating:
           check_finite()
-          valid = evaluate(setup, mesh, state.params, state.stats, splits.valid)
+          valid = evaluate(evaluator, state.params, state.stats, splits.valid)
           if valid[0] > tracker["best_score"] or (valid[0] == tracker["best_score"]
                                                  and valid[1] < tracker["best_loss"]):
             state = snap(state)
@@ -256,7 +305,7 @@ def run(setup: FinetuneSetup, compiled: Any, mesh: Mesh, encoder: Encoder, split
   if result["preempted"]:
     log.warning("stopped by %s at step %d; rerun to resume", stop.signal_name, step)
     return result
-  result["score"], _ = evaluate(setup, mesh, state.best_params, state.best_stats, splits.test)
+  result["score"], _ = evaluate(evaluator, state.best_params, state.best_stats, splits.test)
   write_json(os.path.join(workdir, RESULT_FILE), result)
   log.info("test %s %.4f (best valid epoch %.2f)", result["metric"], result["score"],
            result["best_epoch"])

@@ -1,9 +1,10 @@
 """The fine-tuned classifier: encoder -> M2D clip embedding -> (BatchNorm) -> linear head.
 
 Parameters: ``{"encoder": ViTEncoder params, "head": {"kernel": [E, C], "bias": [C]}}`` with
-``E = Fp * D``. The clip embedding is the one ``dwm_jax.evaluate.embed`` computes (each time
-step's ``Fp`` frequency tokens concatenated, mean over time), so a fine-tuned encoder embeds
-clips for the probe or the HEAR API exactly as it was trained. The head follows EVAR's
+``E = Fp * D``. The embedding of a window is M2D's, as ``dwm_jax.evaluate.embed`` computes it
+(each time step's ``Fp`` frequency tokens concatenated, mean over time; with patch dropout, over
+the kept time steps); a clip's is the mean over its windows (``data.eval_windows``). The head
+follows EVAR's
 ``TaskHead`` / M2D's runtime: ``BatchNorm1d(affine=False)`` then ``Linear``; its running
 statistics ``stats = {"mean", "var"}`` (``[E]``) are part of the train state.
 """
@@ -85,7 +86,10 @@ def layer_ids(params: dict, depth: int) -> Any:
   return jax.tree_util.tree_map_with_path(layer, params)
 
 
-def layer_scales(params: dict, depth: int, decay: float) -> Any:
-  """Per-leaf lr factors ``decay ** (depth + 1 - layer id)``: 1 for the head, ``decay ** (depth
-  + 1)`` for the patch embedding."""
-  return jax.tree.map(lambda i: float(decay) ** (depth + 1 - i), layer_ids(params, depth))
+def layer_scales(params: dict, depth: int, decay: float, head_scale: float = 1.0) -> Any:
+  """Per-leaf lr factors ``decay ** (depth + 1 - layer id)``: 1 for the final norm, ``decay **
+  (depth + 1)`` for the patch embedding; ``head_scale`` for the head."""
+  scales = jax.tree.map(lambda i: float(decay) ** (depth + 1 - i), layer_ids(params, depth))
+  if "head" in scales:
+    scales["head"] = jax.tree.map(lambda s: s * float(head_scale), scales["head"])
+  return scales

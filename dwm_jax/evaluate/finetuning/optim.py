@@ -41,7 +41,8 @@ def scale_by_tree(scales: Any) -> optax.GradientTransformation:
 
 def make_optimizer(config: ml_collections.ConfigDict, schedule: optax.Schedule, params: Any,
                    depth: int) -> optax.GradientTransformation:
-  """clip -> base optimizer -> layer-wise scale (-> MultiSteps with ``accum_steps`` > 1).
+  """clip -> base optimizer -> layer-wise (and head) scale (-> MultiSteps with ``accum_steps``
+  > 1).
 
   ``params`` only gives the tree structure (arrays or shapes); ``depth`` the encoder's blocks.
   """
@@ -50,8 +51,9 @@ def make_optimizer(config: ml_collections.ConfigDict, schedule: optax.Schedule, 
   if float(o.clip_norm) > 0:
     parts.append(optax.clip_by_global_norm(float(o.clip_norm)))
   parts.append(OPTIMIZERS[str(o.name)](o, schedule))
-  if float(o.layer_decay) != 1.0:
-    parts.append(scale_by_tree(model.layer_scales(params, depth, float(o.layer_decay))))
+  if float(o.layer_decay) != 1.0 or float(o.head_lr_scale) != 1.0:
+    parts.append(scale_by_tree(model.layer_scales(params, depth, float(o.layer_decay),
+                                                  float(o.head_lr_scale))))
   tx = optax.chain(*parts)
   if int(o.accum_steps) > 1:
     tx = optax.MultiSteps(tx, every_k_schedule=int(o.accum_steps)).gradient_transformation()

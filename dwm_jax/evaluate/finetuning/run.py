@@ -65,6 +65,9 @@ def finetune(encoder: Encoder | str, tasks: Sequence[str | labeled.Task], out: s
   if seeds is not None:
     config.seeds = int(seeds)
   n_dev = jax.device_count()
+  if jax.process_count() > 1:
+    raise ValueError("fine-tuning runs in one process (on all its local devices); "
+                     f"this is process {jax.process_index()} of {jax.process_count()}")
   config_lib.validate(config, device_count=n_dev)
   label = title or (encoder if isinstance(encoder, str) else "encoder")
   if isinstance(encoder, str):
@@ -102,11 +105,12 @@ def finetune(encoder: Encoder | str, tasks: Sequence[str | labeled.Task], out: s
     compiled, plan = step.compile_step(setup, mesh, encoder.params)  # once per task
     log.info("%s", plan.summary())
     memory.check(plan)
+    evaluator = loop.Evaluator(setup, mesh, step.jit_embed_windows(setup, mesh))
     scores = []
     for s in seed_list:
-      splits = split0 if s == seed_list[0] else data.split_task(task, s)
+      splits = split0 if s == seed_list[0] or not split0.held_out else data.split_task(task, s)
       hook = (lambda n, _t=task.name, _s=s: on_step(_t, _s, n)) if on_step else None
-      r = loop.run(setup, compiled, mesh, encoder, splits,
+      r = loop.run(setup, compiled, evaluator, encoder, splits,
                    os.path.join(out, "runs", task.name, f"seed_{s}"), s, on_step=hook)
       if r["preempted"]:
         raise loop.Preempted(f"stopped by a signal in task {task.name}, seed {s}, at step "

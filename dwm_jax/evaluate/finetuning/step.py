@@ -250,3 +250,18 @@ def snapshot_best(mesh: Mesh) -> Any:
                          best_stats=jax.tree.map(jnp.copy, state.stats))
 
   return jax.jit(snap, out_shardings=rep, donate_argnums=(0,))
+
+
+def jit_embed_windows(setup: FinetuneSetup, mesh: Mesh) -> Any:
+  """Jitted ``(encoder params, windows [B, F, W] raw) -> clip embeddings [B, E]`` of whole
+  windows (evaluation: no augmentation, no dropout), batch split over ``mesh``."""
+  rep, split = mesh_lib.replicated(mesh), mesh_lib.batch_sharded(mesh)
+  pos = jnp.asarray(setup.pos_embed)
+
+  def embed(enc_params, windows):
+    x = (windows - setup.norm_mean) / setup.norm_std
+    patches = patching.patchify(x, setup.patch_size)
+    return model.clip_embedding(setup.module, enc_params, patches, setup.grid, pos, None,
+                                train=False)
+
+  return jax.jit(embed, in_shardings=(rep, split), out_shardings=split)
