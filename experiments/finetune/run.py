@@ -11,7 +11,8 @@ uses (``--clips`` clips of 2.08 s, seed ``data.synthetic.seed + 1``; 70/15/15 sp
 methods get the same train / valid / test clips and seeds 0..N-1: the linear probe of
 ``dwm_jax.evaluate.evaluate_tasks`` and ``dwm_jax.evaluate.finetune`` with
 ``configs/finetune.py`` (``--recipe``, ``--set FIELD=VALUE``). Outputs in ``--out``:
-``results.md`` (printed), ``results.json``, ``results.csv`` and ``finetune/`` (the runs).
+``results.md`` (printed), ``results.json``, ``results.csv``, ``finetune.json``; the runs
+(checkpoints, logs) in ``--work``/finetune (a rerun resumes them and reuses finished ones).
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ import csv
 import json
 import logging
 import os
+import shutil
 import sys
 import time
 
@@ -90,6 +92,8 @@ def main(argv: list[str] | None = None) -> int:
   p.add_argument("--workdir", default="/tmp/dwm_quickstart", help="pretraining workdir")
   p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)),
                                                "results"))
+  p.add_argument("--work", default="/tmp/dwm_finetune_experiment",
+                 help="fine-tuning runs (checkpoints); rerunning resumes them")
   p.add_argument("--clips", type=int, default=1500, help="clips per synthetic task")
   p.add_argument("--seeds", type=int, default=3)
   p.add_argument("--recipe", default="cpu", help="configs/finetune.py recipe")
@@ -120,8 +124,9 @@ def main(argv: list[str] | None = None) -> int:
   probe_s = time.perf_counter() - t0
   config = finetune_config(args.recipe, args.set, args.tiny)
   t0 = time.perf_counter()
-  tuned = finetune(encoder, tasks, os.path.join(args.out, "finetune"), config=config,
+  tuned = finetune(encoder, tasks, os.path.join(args.work, "finetune"), config=config,
                    seeds=seeds, title="quickstart encoder")
+  shutil.copy(os.path.join(args.work, "finetune", "finetune.json"), args.out)
   finetune_s = time.perf_counter() - t0
 
   rows = {"linear probe": probe, "fine-tuned": tuned}

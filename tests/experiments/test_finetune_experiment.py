@@ -19,7 +19,7 @@ def script():
 
 @pytest.mark.slow
 def test_tiny_run_end_to_end(script, tmp_path, capsys):
-  assert script.main(["--tiny", "--out", str(tmp_path)]) == 0
+  assert script.main(["--tiny", "--out", str(tmp_path), "--work", str(tmp_path / "work")]) == 0
   with open(tmp_path / "results.csv", newline="") as f:
     rows = list(csv.DictReader(f))
   assert [r["method"] for r in rows] == ["linear probe", "fine-tuned"]
@@ -30,7 +30,7 @@ def test_tiny_run_end_to_end(script, tmp_path, capsys):
     assert float(r["average"]) == pytest.approx(sum(vals) / 3)
   meta = json.loads((tmp_path / "results.json").read_text())["meta"]
   assert meta["seeds"] == 1 and meta["splits"]["synthetic_event"]["test"] > 0
-  ft = json.loads((tmp_path / "finetune" / "finetune.json").read_text())
+  ft = json.loads((tmp_path / "finetune.json").read_text())
   assert set(ft) == set(tasks)
   table = (tmp_path / "results.md").read_text()
   assert "| fine-tuned |" in table and table in capsys.readouterr().out
