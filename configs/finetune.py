@@ -56,7 +56,7 @@ def m2d_recipe(c: ml_collections.ConfigDict, task: str) -> None:
   c.eval_batch_size = 128
   c.epochs = 200.0
   c.log_every_steps = 50
-  c.model.drop_path = 0.0          # EVAR's M2D runtime sets none
+  c.model.drop_path = 0.0          # EVAR's m2d.yaml sets no drop path
   c.optim.name = opt
   c.optim.base_lr = lr * 256 / c.batch_size
   c.optim.min_lr = 1e-7            # timm CosineLRScheduler(lr_min=1e-7)

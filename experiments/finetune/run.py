@@ -73,6 +73,18 @@ def finetune_config(recipe: str, overrides: list[str], tiny: bool):
   return c
 
 
+def render(rows: dict[str, dict], meta: dict) -> str:
+  """The Markdown table and its setup line."""
+  from dwm_jax.evaluate.run import comparison_table
+  n = next(iter(meta["splits"].values()))
+  return (f"### Linear probe vs fine-tuning ({meta['seeds']} seeds; test accuracy %, mean ± std)"
+          "\n\n" + comparison_table(rows)
+          + f"\nEncoder: {meta['encoder']}. {meta['clips']} clips of {meta['seconds']:.2f} s per "
+          f"task, {n['train']} train / {n['valid']} valid / {n['test']} test. Linear probe "
+          f"{meta['probe_seconds']:.0f} s, fine-tuning {meta['finetune_seconds']:.0f} s, "
+          f"{meta['wall_seconds']:.0f} s in all.\n")
+
+
 def write_outputs(out: str, rows: dict[str, dict], meta: dict, table: str) -> None:
   with open(os.path.join(out, "results.md"), "w") as f:
     f.write(table)
@@ -108,7 +120,6 @@ def main(argv: list[str] | None = None) -> int:
   from configs import quickstart
   from dwm_jax.data.labeled import synthetic_tasks
   from dwm_jax.evaluate import evaluate_tasks, finetune
-  from dwm_jax.evaluate.run import comparison_table
 
   t_all = time.perf_counter()
   os.makedirs(args.out, exist_ok=True)
@@ -130,19 +141,14 @@ def main(argv: list[str] | None = None) -> int:
   finetune_s = time.perf_counter() - t0
 
   rows = {"linear probe": probe, "fine-tuned": tuned}
-  split = {t: {k: len(t_.split(k)[0]) for k in ("train", "valid", "test")}
-           for t, t_ in zip([t.name for t in tasks], tasks)}
+  split = {t.name: {k: len(t.split(k)[0]) for k in ("train", "valid", "test")} for t in tasks}
   source = "random tiny encoder" if args.tiny else f"{args.workdir} (latest checkpoint)"
-  table = (f"### Linear probe vs fine-tuning ({seeds} seeds; test accuracy %, mean ± std)\n\n"
-           + comparison_table(rows)
-           + f"\nEncoder: {source}. {clips} clips of {seconds:.2f} s per task "
-           f"(train/valid/test {split[tasks[0].name]}). Probe {probe_s:.0f} s, fine-tuning "
-           f"{finetune_s:.0f} s, {time.perf_counter() - t_all:.0f} s in all.\n")
   meta = {"encoder": source, "clips": clips, "seconds": seconds, "seeds": seeds,
           "splits": split, "recipe": args.recipe, "overrides": args.set,
           "probe_seconds": probe_s, "finetune_seconds": finetune_s,
           "wall_seconds": time.perf_counter() - t_all,
           "finetune_config": json.loads(config.to_json_best_effort())}
+  table = render(rows, meta)
   write_outputs(args.out, rows, meta, table)
   print(table)
   return 0

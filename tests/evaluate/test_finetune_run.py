@@ -96,9 +96,13 @@ def test_cli_end_to_end(dataset, export, tmp_path, capsys):
       r = json.loads((out / "runs" / task / f"seed_{s}" / "result.json").read_text())
       assert r["steps"] == 2 * 4 and 0 <= r["score"] <= 1  # 28 train clips / batch 8: 4 steps
   assert "ETA" in printed.err and "valid" in printed.err
-  # The rerun reuses the finished runs and reproduces the file.
+  # The rerun reuses the finished runs and reproduces the file; another config is refused.
   assert cli.main(args) == 0
   assert json.loads((out / "finetune.json").read_text()) == res
+  capsys.readouterr()
+  assert cli.main(args + ["--config.optim.base_lr=0.01"]) == 2
+  err = capsys.readouterr().err
+  assert "finished with another config" in err and "optim.base_lr" in err
 
 
 def _signal_at(step, sig=signal.SIGTERM):
