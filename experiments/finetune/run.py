@@ -113,8 +113,9 @@ def main(argv: list[str] | None = None) -> int:
                  help="fine-tuning config override (JSON value), repeatable")
   p.add_argument("--tiny", action="store_true", help="random tiny encoder, 30 clips, 1 epoch")
   args = p.parse_args(argv)
-  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname).1s %(name)s] "
-                      "%(message)s", datefmt="%H:%M:%S", force=True)
+  if not logging.getLogger().handlers:  # a script run (the tests keep their own handlers)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname).1s %(name)s] "
+                        "%(message)s", datefmt="%H:%M:%S")
   for name in ("absl", "orbax", "jax._src", "grain"):
     logging.getLogger(name).setLevel(logging.WARNING)
   from configs import quickstart

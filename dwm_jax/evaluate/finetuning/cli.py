@@ -13,6 +13,7 @@ task, or a step that cannot fit in device memory.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -84,12 +85,28 @@ def _unknown_field(error: str, argv: list[str]) -> str:
   return f"unknown config field {', '.join(bad) or error} ({error})"
 
 
-def _setup_logging(level: str) -> None:
-  logging.basicConfig(level=getattr(logging, level.upper()),
-                      format="%(asctime)s %(levelname).1s %(name)s] %(message)s",
-                      datefmt="%H:%M:%S", force=True)
-  for name in ("absl", "orbax", "jax._src", "grain"):  # their per-save INFO lines
-    logging.getLogger(name).setLevel(max(logging.WARNING, getattr(logging, level.upper())))
+@contextlib.contextmanager
+def _console_logging(level: str):
+  """Log lines to stderr during one ``main`` call; the handler and levels go away after it (a
+  CLI called in-process, as the tests do, leaves the caller's logging as it found it)."""
+  root = logging.getLogger()
+  handler = logging.StreamHandler()
+  handler.setFormatter(logging.Formatter("%(asctime)s %(levelname).1s %(name)s] %(message)s",
+                                         datefmt="%H:%M:%S"))
+  lvl = getattr(logging, level.upper())
+  noisy = {n: logging.getLogger(n).level for n in ("absl", "orbax", "jax._src", "grain")}
+  old = root.level
+  root.addHandler(handler)
+  root.setLevel(lvl)
+  for name in noisy:  # their per-save INFO lines
+    logging.getLogger(name).setLevel(max(logging.WARNING, lvl))
+  try:
+    yield
+  finally:
+    root.removeHandler(handler)
+    root.setLevel(old)
+    for name, value in noisy.items():
+      logging.getLogger(name).setLevel(value)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -103,15 +120,19 @@ def main(argv: Sequence[str] | None = None) -> int:
       msg = _unknown_field(msg, argv)
     print(f"{PROG}: {msg}\n{USAGE}", file=sys.stderr)
     return 2
-  _setup_logging(fv.log_level)
+  with _console_logging(fv.log_level):
+    return _run(fv, config)
+
+
+def _run(fv: flags.FlagValues, config) -> int:
   from dwm_jax.evaluate.finetuning.loop import Preempted  # pylint: disable=import-outside-toplevel
   from dwm_jax.evaluate.finetuning.run import TABLE_FILE, finetune  # pylint: disable=import-outside-toplevel
   from dwm_jax.train.loop import NonFiniteLossError  # pylint: disable=import-outside-toplevel
   from dwm_jax.train.memory import DoesNotFit  # pylint: disable=import-outside-toplevel
   t0 = time.perf_counter()
   try:
-    finetune(fv.workdir or fv.encoder, list(fv.task), fv.out, config=config, seeds=fv.seeds,
-             synthetic=fv.synthetic, synthetic_seed=fv.synthetic_seed,
+    finetune(fv.workdir or fv.encoder, list(fv.task), fv.out, config=config,
+             seeds=fv.seeds, synthetic=fv.synthetic, synthetic_seed=fv.synthetic_seed,
              data_dir=fv.tfds_data_dir, sep=fv.sep)
   except (validate.ConfigError, DoesNotFit, ValueError, FileNotFoundError) as e:
     print(f"{PROG}: error: {e}", file=sys.stderr)
