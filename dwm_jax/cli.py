@@ -9,6 +9,8 @@ COMMANDS = {
     "pretrain": ("dwm_jax.main", "pretrain a model from a config (ml_collections)"),
     "export": ("dwm_jax.evaluate.export", "write the encoder parameters of a workdir"),
     "probe": ("dwm_jax.evaluate.probe_cli", "linear-probe an encoder on task CSVs or TFDS"),
+    "finetune": ("dwm_jax.evaluate.finetuning.cli",
+                 "fine-tune an encoder + linear head on task CSVs or TFDS"),
     "prepare": ("dwm_jax.data.prepare", "convert an audio folder to log-mel .npy files"),
     "synth": ("dwm_jax.data.synthetic", "write the synthetic audio set as WAV + CSV"),
     "show": ("dwm_jax.plots.masks", "PNG of a spectrogram, its dispersion and every mask"),

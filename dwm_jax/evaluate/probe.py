@@ -85,8 +85,13 @@ def _check_split(name: str, x: np.ndarray, y: np.ndarray, multilabel: bool,
   return x, y
 
 
-def _holdout(x: np.ndarray, y: np.ndarray, seed: int, fraction: float = 0.1):
-  """A seeded random valid split carved from train, for tasks that ship without one."""
+def holdout(x: np.ndarray, y: np.ndarray, seed: int, fraction: float = 0.1):
+  """A seeded random valid split carved from train, for tasks that ship without one.
+
+  ``x: [n, ...]`` (features, or clip indices), ``y: [n, ...]`` -> ``((x, y) train, (x, y) valid)``
+  with ``round(0.1 n)`` valid rows. The probe and fine-tuning share it, so both hold out the same
+  clips for the same seed.
+  """
   n = len(x)
   order = np.random.default_rng(seed).permutation(n)
   nv = max(1, int(round(n * fraction)))
@@ -143,42 +148,43 @@ def _score(logits: np.ndarray, y: np.ndarray, multilabel: bool) -> float:
   return float(np.mean(np.argmax(logits, axis=-1) == y))
 
 
-def linear_probe(train: Split, valid: Split | None, test: Split, *, seed: int,
-                 multilabel: bool = False, num_classes: int | None = None,
-                 config: ProbeConfig = ProbeConfig()) -> float:
-  """Trains a linear classifier on ``train``, early-stops on ``valid``, returns the test score.
+@dataclasses.dataclass(frozen=True)
+class LinearClassifier:
+  """A fitted probe: ``logits = ((x - mean) / std) @ w + b`` (train statistics)."""
+  mean: np.ndarray  # [D]
+  std: np.ndarray   # [D], 1 where a feature is constant
+  w: jnp.ndarray    # [D, C]
+  b: jnp.ndarray    # [C]
 
-  Args:
-    train, valid, test: ``(features [n, D], labels)``; labels are class indices ``[n]`` or, if
-      ``multilabel``, multi-hot ``[n, C]``. ``valid=None`` (or empty) holds out 10% of train.
-    seed: initialization, shuffling and hold-out seed; same seed, same result.
-    multilabel: sigmoid + BCE and mAP instead of softmax + CE and accuracy.
-    num_classes: C; inferred from the train labels when omitted.
-    config: optimizer and early-stopping settings.
+  def logits(self, x: np.ndarray) -> np.ndarray:
+    """``x: [n, D]`` raw features -> ``[n, C]``."""
+    x = (np.asarray(x, np.float32) - self.mean) / self.std
+    return np.asarray(_logits({"w": self.w, "b": self.b}, jnp.asarray(x)))
 
-  Returns:
-    Test accuracy or mAP in [0, 1].
-  """
+
+def fit_linear(train: Split, valid: Split | None, *, seed: int, multilabel: bool = False,
+               num_classes: int | None = None, config: ProbeConfig = ProbeConfig()
+               ) -> LinearClassifier:
+  """Trains the probe's linear classifier on ``train``, early-stopped on ``valid`` (``None`` or
+  empty: 10% of train held out with ``seed``). See :func:`linear_probe` for the arguments."""
   if num_classes is None:
     num_classes = int(train[1].shape[1] if multilabel else np.max(train[1]) + 1)
   xtr, ytr = _check_split("train", *train, multilabel, num_classes)
-  xte, yte = _check_split("test", *test, multilabel, num_classes)
-  if len(xtr) == 0 or len(xte) == 0:
-    raise ValueError(f"probe needs train and test examples, got {len(xtr)} and {len(xte)}")
+  if len(xtr) == 0:
+    raise ValueError("probe needs train examples, got none")
   if valid is None or len(valid[0]) == 0:
     log.info("no valid split: holding out 10%% of %d train examples for early stopping", len(xtr))
-    (xtr, ytr), (xva, yva) = _holdout(xtr, ytr, seed)
+    (xtr, ytr), (xva, yva) = holdout(xtr, ytr, seed)
   else:
     xva, yva = _check_split("valid", *valid, multilabel, num_classes)
-  if xva.shape[1] != xtr.shape[1] or xte.shape[1] != xtr.shape[1]:
-    raise ValueError(f"feature sizes differ: train {xtr.shape[1]}, valid {xva.shape[1]}, "
-                     f"test {xte.shape[1]}")
+  if xva.shape[1] != xtr.shape[1]:
+    raise ValueError(f"feature sizes differ: train {xtr.shape[1]}, valid {xva.shape[1]}")
 
   # Train statistics only: valid/test never influence the scaling.
   mean = xtr.mean(axis=0)
   std = xtr.std(axis=0)
   std = np.where(std < 1e-8, 1.0, std)  # constant features stay finite (and contribute 0)
-  xtr, xva, xte = ((a - mean) / std for a in (xtr, xva, xte))
+  xtr, xva = ((a - mean) / std for a in (xtr, xva))
 
   n, d = xtr.shape
   bs = min(config.batch_size, n)
@@ -205,7 +211,35 @@ def linear_probe(train: Split, valid: Split | None, test: Split, *, seed: int,
       since_best += 1
       if since_best >= config.patience:
         break
-  return _score(np.asarray(_logits(best_params, jnp.asarray(xte))), yte, multilabel)
+  return LinearClassifier(mean, std, best_params["w"], best_params["b"])
+
+
+def linear_probe(train: Split, valid: Split | None, test: Split, *, seed: int,
+                 multilabel: bool = False, num_classes: int | None = None,
+                 config: ProbeConfig = ProbeConfig()) -> float:
+  """Trains a linear classifier on ``train``, early-stops on ``valid``, returns the test score.
+
+  Args:
+    train, valid, test: ``(features [n, D], labels)``; labels are class indices ``[n]`` or, if
+      ``multilabel``, multi-hot ``[n, C]``. ``valid=None`` (or empty) holds out 10% of train.
+    seed: initialization, shuffling and hold-out seed; same seed, same result.
+    multilabel: sigmoid + BCE and mAP instead of softmax + CE and accuracy.
+    num_classes: C; inferred from the train labels when omitted.
+    config: optimizer and early-stopping settings.
+
+  Returns:
+    Test accuracy or mAP in [0, 1].
+  """
+  if num_classes is None:
+    num_classes = int(train[1].shape[1] if multilabel else np.max(train[1]) + 1)
+  xte, yte = _check_split("test", *test, multilabel, num_classes)
+  if len(train[0]) == 0 or len(xte) == 0:
+    raise ValueError(f"probe needs train and test examples, got {len(train[0])} and {len(xte)}")
+  if xte.shape[1] != np.shape(train[0])[1]:
+    raise ValueError(f"feature sizes differ: train {np.shape(train[0])[1]}, test {xte.shape[1]}")
+  clf = fit_linear(train, valid, seed=seed, multilabel=multilabel, num_classes=num_classes,
+                   config=config)
+  return _score(clf.logits(xte), yte, multilabel)
 
 
 def probe_seeds(train: Split, valid: Split | None, test: Split, *, seeds: int | Sequence[int],

@@ -124,9 +124,10 @@ class Progress:
       speed = f"{rates['clips_per_sec']:.1f} clips/s, {sps:.2f} steps/s"
       eta = _duration((self.total_steps - step) / sps)
     pct = 100.0 * step / self.total_steps
+    hint = f"hint {metrics['hint']:.3f} " if "hint" in metrics else ""  # pretraining only
     text = (f"step {step}/{self.total_steps} ({pct:.1f}%) epoch {epoch:.2f} "
             f"loss {metrics.get('loss', float('nan')):.4f} lr {metrics.get('lr', 0.0):.2e} "
-            f"hint {metrics.get('hint', 0.0):.3f} | {speed} | ETA {eta}")
+            f"{hint}| {speed} | ETA {eta}")
     return text, rates
 
 
