@@ -30,6 +30,7 @@ import fnmatch
 import os
 import posixpath
 import socket
+import sys
 import threading
 import uuid
 from typing import IO, Any, Mapping, MutableMapping
@@ -81,7 +82,12 @@ def configure_emulator(environ: MutableMapping[str, str] | None = None) -> dict[
   environ = os.environ if environ is None else environ
   added = emulator_environment(environ)
   environ.update(added)
-  if environ is os.environ and environ.get(EMULATOR_ENV, "").strip() not in ("", "default"):
+  if environ is not os.environ:
+    return added
+  gpath = sys.modules.get("etils.epath.gpath")  # it caches its first reading of EPATH_USE_TF
+  if "EPATH_USE_TF" in added and hasattr(getattr(gpath, "_is_tf_installed", None), "cache_clear"):
+    gpath._is_tf_installed.cache_clear()  # pylint: disable=protected-access
+  if environ.get(EMULATOR_ENV, "").strip() not in ("", "default"):
     try:
       import fsspec  # pylint: disable=import-outside-toplevel
     except ImportError:
@@ -329,10 +335,11 @@ def _reach(url: str, timeout: float = 10.0) -> None:
   try:
     socket.create_connection((u.hostname, port), timeout=timeout).close()
   except OSError as e:
-    emulator = (f" (set by {EMULATOR_ENV} or TENSORSTORE_GCS_HTTP_URL)"
-                if url != GCS_ENDPOINT else "")
-    raise StorageError(f"cannot reach the storage endpoint {url}{emulator}: "
-                       f"{faults.one_line(e)}. Check the network (or start the emulator)") from e
+    where, todo = ("", "Check the network") if url == GCS_ENDPOINT else (
+        f" (set by {EMULATOR_ENV} or TENSORSTORE_GCS_HTTP_URL)", "Start the emulator, or fix "
+        "that address")
+    raise StorageError(f"cannot reach the storage endpoint {url}{where}: {faults.one_line(e)}. "
+                       f"{todo}") from e
 
 
 def _credentials_hint(bucket: str) -> str:
