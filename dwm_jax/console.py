@@ -1,9 +1,9 @@
 """What the commands print: the log format, and an expected failure as one line.
 
-Every ``dwm-jax`` command configures logging with :func:`setup_logging` (our progress lines,
-orbax / absl / grain only from WARNING) and reports a :class:`dwm_jax.faults.Fault` with
-:func:`report_fault` (one line on stderr, the traceback only with ``--debug`` or
-``DWM_JAX_DEBUG=1``), returning its exit status.
+Every ``dwm-jax`` command configures logging with :func:`setup_logging` (our progress lines;
+orbax / absl / grain / fsspec / gcsfs only from WARNING) and reports a
+:class:`dwm_jax.faults.Fault` with :func:`report_fault` (one line on stderr, the traceback only
+with ``--debug`` or ``DWM_JAX_DEBUG=1``), returning its exit status.
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import traceback
 
 from dwm_jax import faults
 
-QUIET = ("absl", "orbax", "jax._src", "grain")
+QUIET = ("absl", "orbax", "jax._src", "grain", "fsspec", "gcsfs")
 
 
 def setup_logging(level: str = "info") -> None:

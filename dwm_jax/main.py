@@ -29,7 +29,7 @@ import ml_collections
 from absl import flags
 from ml_collections import config_flags
 
-from dwm_jax import console, distributed, faults, validate
+from dwm_jax import console, distributed, faults, paths, validate
 
 log = logging.getLogger("dwm_jax")
 SUMMARY_FILE = "summary.json"
@@ -48,10 +48,8 @@ def final_probe(config: ml_collections.ConfigDict, workdir: str) -> dict[str, An
   results = eval_run.probe_with_baselines(config, workdir)
   table = (f"### Linear probe ({int(config.probe.seeds)} seeds; accuracy or mAP, %)\n\n"
            + eval_run.results_table(results))
-  with open(os.path.join(workdir, "probe.json"), "w") as f:
-    json.dump(results, f, indent=2)
-  with open(os.path.join(workdir, "probe.md"), "w") as f:
-    f.write(table)
+  paths.write_text(paths.join(workdir, "probe.json"), json.dumps(results, indent=2))
+  paths.write_text(paths.join(workdir, "probe.md"), table)
   log.info("\n%s", table)
   return results
 
@@ -72,20 +70,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   summary = loop.train(config, workdir)
   if jax.process_index() != 0:
     return summary
-  path = os.path.join(summary["workdir"], SUMMARY_FILE)
+  path = paths.join(summary["workdir"], SUMMARY_FILE)
   summary = merge_summary(read_summary(path), summary)
   if config.probe.after_pretrain and not summary["preempted"]:
     summary["probe"] = final_probe(config, workdir)
-  with open(path + ".tmp", "w") as f:
-    json.dump(summary, f, indent=2)
-  os.replace(path + ".tmp", path)
+  paths.write_text(path, json.dumps(summary, indent=2))
   return summary
 
 
 def read_summary(path: str) -> dict[str, Any] | None:
   try:
-    with open(path) as f:
-      return json.load(f)
+    return json.loads(paths.read_text(path))
   except (OSError, ValueError):
     return None
 
@@ -149,7 +144,8 @@ def _flags(argv: list[str]) -> tuple[flags.FlagValues, Any]:
   config = config_flags.DEFINE_config_file(
       "config", None, "config file, optionally with an argument: configs/m2d.py:mask=dwm",
       flag_values=fv, sys_argv=argv)
-  flags.DEFINE_string("workdir", None, "run folder: checkpoints, logs, config, summary",
+  flags.DEFINE_string("workdir", None, "run folder, local or a bucket (gs://bucket/run): "
+                      "checkpoints, logs, config, summary",
                       flag_values=fv)
   flags.DEFINE_string("coordinator_address", None,
                       "multi-host: HOST:PORT of process 0 (or JAX_COORDINATOR_ADDRESS)",

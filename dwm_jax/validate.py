@@ -6,12 +6,11 @@ Every problem found is reported at once, one line each, starting with the field'
 """
 from __future__ import annotations
 
-import os
 from typing import Any, Callable
 
 import ml_collections
 
-from dwm_jax import faults, masking, objectives, patching
+from dwm_jax import faults, masking, objectives, paths, patching
 from dwm_jax.data.pipeline import SOURCES
 from dwm_jax.models.vit import DTYPES, MODEL_SIZES
 from dwm_jax.train import ema
@@ -153,7 +152,11 @@ def _check_mask(c: _Checker, grid: patching.Grid | None) -> None:
 
 def _exists(c: _Checker, field: str, kind: str) -> None:
   path = c.get(field)
-  ok = os.path.isfile(path) if kind == "file" else os.path.isdir(path)
+  try:
+    ok = paths.isfile(path) if kind == "file" else paths.isdir(path)
+  except paths.StorageError as e:  # the bucket itself: missing, unreachable, refused
+    c.fail(field, str(e))
+    return
   if not ok:
     c.fail(field, f"{kind} {path!r} does not exist")
 
@@ -221,7 +224,14 @@ def _check_probe(c: _Checker) -> None:
   if isinstance(tasks, str):
     tasks = (tasks,)
   for i, task in enumerate(tasks):
-    if not str(task).startswith("tfds:") and not os.path.isfile(str(task)):
+    if str(task).startswith("tfds:"):
+      continue
+    try:
+      ok = paths.isfile(str(task))
+    except paths.StorageError as e:
+      c.fail(f"probe.tasks[{i}]", str(e))
+      continue
+    if not ok:
       c.fail(f"probe.tasks[{i}]", f"task CSV {task!r} does not exist (or use tfds:NAME)")
   if c.get("probe.after_pretrain") and not tasks and c.get("data.source") != "synthetic":
     c.fail("probe.tasks", "probe.after_pretrain needs task CSVs (or tfds:NAME) when "

@@ -2,6 +2,8 @@
 import importlib.util
 import os
 
+import pytest
+
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -10,3 +12,33 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # triton lazily, e.g. when timm pulls in torchvision. Loading triton first avoids it.
 if importlib.util.find_spec("triton") is not None:
     import triton  # noqa: F401
+
+_EMULATOR_DERIVED = ("TENSORSTORE_GCS_HTTP_URL", "EPATH_USE_TF", "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT",
+                     "NO_GCE_CHECK", "GOOGLE_AUTH_TOKEN_FOR_TESTING")
+
+
+@pytest.fixture(scope="session")
+def gcs(tmp_path_factory):
+  """A real GCS-protocol server (fake-gcs-server on 127.0.0.1, a free port) for the session.
+
+  Only ``STORAGE_EMULATOR_HOST`` is set, as a user would; ``dwm_jax.paths`` derives what
+  tensorstore (``TENSORSTORE_GCS_HTTP_URL``), etils (``EPATH_USE_TF=false``) and gcsfs need.
+  Subprocesses inherit all of it. Skipped, with the reason, only where the server cannot run.
+  """
+  from dwm_jax import paths  # pylint: disable=import-outside-toplevel
+  from tests import gcs_server  # pylint: disable=import-outside-toplevel
+  try:
+    server = gcs_server.FakeGcs(str(tmp_path_factory.mktemp("fake_gcs")))
+  except gcs_server.Unavailable as e:
+    pytest.skip(f"no GCS-protocol server: {e}")
+  saved = dict(os.environ)
+  for name in _EMULATOR_DERIVED:
+    os.environ.pop(name, None)
+  os.environ[paths.EMULATOR_ENV] = server.url
+  paths.configure_emulator()
+  assert os.environ["TENSORSTORE_GCS_HTTP_URL"] == server.url
+  assert os.environ["EPATH_USE_TF"] == "false"
+  yield server
+  server.stop()
+  os.environ.clear()
+  os.environ.update(saved)

@@ -1,12 +1,18 @@
-"""Audio decoding: any libsndfile format to 16 kHz mono float32, with named failure reasons."""
+"""Audio decoding: any libsndfile format to 16 kHz mono float32, with named failure reasons.
+
+Files may be local or bucket objects (``gs://...``, read through :mod:`dwm_jax.paths`).
+"""
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
 import soxr
+
+from dwm_jax import paths
 
 # Formats libsndfile decodes (mp3 needs libsndfile >= 1.1, which soundfile >= 0.12 wheels bundle).
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif", ".opus")
@@ -25,10 +31,14 @@ class AudioError(Exception):
 def find_audio_files(root: str | os.PathLike,
                      extensions: tuple[str, ...] = AUDIO_EXTENSIONS) -> list[str]:
   """Sorted paths (relative to ``root``, POSIX separators) of audio files under ``root``."""
+  exts = tuple(e.lower() for e in extensions)
+  if paths.is_remote(root):
+    if not paths.isdir(root):
+      raise FileNotFoundError(f"audio folder not found: {root}")
+    return [p for p in paths.walk_files(root) if os.path.splitext(p)[1].lower() in exts]
   root = Path(root)
   if not root.is_dir():
     raise FileNotFoundError(f"audio folder not found: {root}")
-  exts = tuple(e.lower() for e in extensions)
   found = [p.relative_to(root).as_posix() for p in root.rglob("*")
            if p.suffix.lower() in exts and p.is_file()]
   return sorted(found)
@@ -62,11 +72,18 @@ def load_audio(path: str | os.PathLike, sample_rate: int = 16000, *,
     AudioError: missing, unreadable (not audio, truncated header, ...), empty, too short, or
       containing NaN/Inf.
   """
-  path = Path(path)
-  if not path.is_file():
-    raise AudioError(path, "missing")
+  if paths.is_remote(path):
+    try:
+      source = io.BytesIO(paths.read_bytes(path))  # libsndfile decodes from memory
+    except FileNotFoundError as e:
+      raise AudioError(path, "missing") from e
+  else:
+    path = Path(path)
+    if not path.is_file():
+      raise AudioError(path, "missing")
+    source = str(path)
   try:
-    samples, rate = sf.read(str(path), dtype="float32", always_2d=False)
+    samples, rate = sf.read(source, dtype="float32", always_2d=False)
   except Exception as e:  # libsndfile raises LibsndfileError/RuntimeError/TypeError variously.
     raise AudioError(path, "unreadable", f"{type(e).__name__}: {e}") from e
   if samples.size == 0:

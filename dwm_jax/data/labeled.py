@@ -3,7 +3,8 @@
 Sources:
 - EVAR CSV (``file_name,label,split``; file names relative to the CSV's folder; split in
   train/valid/test; multi-label rows join their labels with ``sep``, ``,`` by default). Files
-  may be audio (decoded to 16 kHz log-mel) or prepared ``.npy`` log-mels.
+  may be audio (decoded to 16 kHz log-mel) or prepared ``.npy`` log-mels; the CSV and its files
+  may be in a bucket (``gs://...``).
 - ``tfds:NAME`` (with ``data_dir``): a TFDS audio dataset with a label feature, read through
   ``tfds.data_source``; ``train``/``validation``/``test`` splits (a missing validation split is
   carved, seeded, from train).
@@ -17,12 +18,13 @@ from __future__ import annotations
 import concurrent.futures
 import csv
 import dataclasses
+import io
 import logging
 import os
-from pathlib import Path
 
 import numpy as np
 
+from dwm_jax import paths
 from dwm_jax.data import audio_io
 from dwm_jax.data.log_mel import LogMelSpec, log_mel
 
@@ -102,12 +104,15 @@ def _check_and_build(name: str, x: dict, raw_labels: dict, multilabel: bool,
   return Task(name, multilabel, classes, x, _encode(raw_labels, classes, multilabel), skipped)
 
 
-def _load_logmel(path: Path, spec: LogMelSpec) -> np.ndarray:
-  if path.suffix == ".npy":
-    if not path.is_file():
-      raise audio_io.AudioError(path, "missing")
+def _load_logmel(path: str, spec: LogMelSpec) -> np.ndarray:
+  if os.path.splitext(path)[1] == ".npy":
     try:
-      x = np.load(path, allow_pickle=False).astype(np.float32)
+      f = paths.open(path, "rb")
+    except (FileNotFoundError, IsADirectoryError) as e:
+      raise audio_io.AudioError(path, "missing") from e
+    try:
+      with f:
+        x = np.load(f, allow_pickle=False).astype(np.float32)
     except Exception as e:
       raise audio_io.AudioError(path, "unreadable", str(e)) from e
     x = x[0] if x.ndim == 3 and x.shape[0] == 1 else x
@@ -123,26 +128,25 @@ def load_csv_task(csv_path: str | os.PathLike, *, sep: str = ",",
                   multilabel: bool | None = None, spec: LogMelSpec = LogMelSpec(),
                   num_threads: int = 4, name: str | None = None) -> Task:
   """An EVAR-convention CSV task (see the module docstring)."""
-  csv_path = Path(csv_path)
-  if not csv_path.is_file():
+  csv_path = os.fspath(csv_path)
+  if not paths.isfile(csv_path):
     raise FileNotFoundError(f"task CSV not found: {csv_path}")
-  with open(csv_path, newline="") as f:
-    reader = csv.DictReader(f)
-    missing = {"file_name", "label", "split"} - set(reader.fieldnames or ())
-    if missing:
-      raise ValueError(f"{csv_path}: missing column(s) {sorted(missing)}; EVAR CSVs have "
-                       f"file_name,label,split (found {reader.fieldnames})")
-    rows = list(reader)
+  reader = csv.DictReader(io.StringIO(paths.read_text(csv_path), newline=""))
+  missing = {"file_name", "label", "split"} - set(reader.fieldnames or ())
+  if missing:
+    raise ValueError(f"{csv_path}: missing column(s) {sorted(missing)}; EVAR CSVs have "
+                     f"file_name,label,split (found {reader.fieldnames})")
+  rows = list(reader)
   bad_splits = sorted({r["split"] for r in rows} - set(SPLITS))
   if bad_splits:
     raise ValueError(f"{csv_path}: unknown split(s) {bad_splits}; expected {SPLITS}")
   if multilabel is None:
     multilabel = any(sep in r["label"] for r in rows)
-  root = csv_path.parent
+  root, csv_name = paths.parent(csv_path), paths.name(csv_path)
 
   def load(row):
     try:
-      return _load_logmel(root / row["file_name"], spec), None
+      return _load_logmel(paths.join(root, row["file_name"]), spec), None
     except audio_io.AudioError as e:
       return None, e
 
@@ -154,15 +158,15 @@ def load_csv_task(csv_path: str | os.PathLike, *, sep: str = ",",
   for row, (lm, err) in zip(rows, results):
     if err is not None:
       skipped[err.reason] = skipped.get(err.reason, 0) + 1
-      log.warning("task %s: skipping %s", csv_path.name, err)
+      log.warning("task %s: skipping %s", csv_name, err)
       continue
     parts = [p.strip() for p in row["label"].split(sep)] if multilabel else [row["label"]]
     x[row["split"]].append(lm)
     raw[row["split"]].append([p for p in parts if p])
   if skipped:
-    log.warning("task %s: skipped %d of %d files: %s", csv_path.name, sum(skipped.values()),
+    log.warning("task %s: skipped %d of %d files: %s", csv_name, sum(skipped.values()),
                 len(rows), skipped)
-  return _check_and_build(name or csv_path.stem, x, raw, multilabel, skipped)
+  return _check_and_build(name or os.path.splitext(csv_name)[0], x, raw, multilabel, skipped)
 
 
 def load_tfds_task(name: str, *, data_dir: str | None = None, label_key: str = "label",

@@ -1,6 +1,7 @@
 """Random-access log-mel sources (grain ``RandomAccessDataSource``s): record ``i`` -> ``[F, T_i]``.
 
-Every source returns the *raw* (unnormalised) log-mel of one clip, float32, any length.
+Every source returns the *raw* (unnormalised) log-mel of one clip, float32, any length. File
+lists and the files they name may be local or in a bucket (``gs://``, :mod:`dwm_jax.paths`).
 ``LogMelSource.__getitem__`` never lets one bad record stop a run: a record that fails to load
 is logged (path and reason) and counted, and the next record in index order is used instead, so
 the output is still a deterministic function of the index (needed for exact resumption).
@@ -8,14 +9,14 @@ the output is still a deterministic function of the index (needed for exact resu
 from __future__ import annotations
 
 import abc
-
 import csv
+import io
 import logging
 import os
-from pathlib import Path
 
 import numpy as np
 
+from dwm_jax import paths
 from dwm_jax.data import audio_io
 from dwm_jax.data.log_mel import LogMelSpec, log_mel
 
@@ -71,27 +72,27 @@ class LogMelSource(abc.ABC):
     return f"{type(self).__name__}(len={len(self)})"
 
 
-def read_file_list(csv_path: str | os.PathLike) -> tuple[Path, list[str]]:
+def read_file_list(csv_path: str | os.PathLike) -> tuple[str, list[str]]:
   """``(folder of the CSV, file_name column)``; clear errors for missing files or columns."""
-  csv_path = Path(csv_path)
-  if not csv_path.is_file():
+  csv_path = os.fspath(csv_path)
+  if not paths.isfile(csv_path):
     raise FileNotFoundError(f"file list CSV not found: {csv_path}")
-  with open(csv_path, newline="") as f:
-    reader = csv.DictReader(f)
-    if reader.fieldnames is None or "file_name" not in reader.fieldnames:
-      raise ValueError(f"{csv_path}: needs a 'file_name' column, has {reader.fieldnames}")
-    names = [row["file_name"] for row in reader if row["file_name"]]
+  reader = csv.DictReader(io.StringIO(paths.read_text(csv_path), newline=""))
+  if reader.fieldnames is None or "file_name" not in reader.fieldnames:
+    raise ValueError(f"{csv_path}: needs a 'file_name' column, has {reader.fieldnames}")
+  names = [row["file_name"] for row in reader if row["file_name"]]
   if not names:
     raise ValueError(f"{csv_path}: no files listed")
-  return csv_path.parent, names
+  return paths.parent(csv_path), names
 
 
-def check_some_exist(root: Path, names: list[str], what: str, probe: int = 16) -> None:
+def check_some_exist(root: str, names: list[str], what: str, probe: int = 16) -> None:
   """Fail fast on a wrong root: error if none of the first ``probe`` listed files exists."""
   head = names[:probe]
-  if not any((root / n).is_file() for n in head):
+  if not any(paths.isfile(paths.join(root, n)) for n in head):
     raise FileNotFoundError(f"none of the first {len(head)} {what} listed exist under {root} "
-                            f"(e.g. {root / head[0]}); is the CSV in the data folder?")
+                            f"(e.g. {paths.join(root, head[0])}); is the CSV in the data "
+                            "folder?")
 
 
 class NpySource(LogMelSource):
@@ -107,20 +108,23 @@ class NpySource(LogMelSource):
     return len(self.names)
 
   def describe(self, index: int) -> str:
-    return str(self.root / self.names[index])
+    return paths.join(self.root, self.names[index])
 
   def load(self, index: int) -> np.ndarray:
-    path = self.root / self.names[index]
-    if not path.is_file():
-      raise BadRecord(str(path), "missing")
+    path = paths.join(self.root, self.names[index])
     try:
-      x = np.load(path, allow_pickle=False)
+      f = paths.open(path, "rb")  # one request for a bucket object: no separate exists()
+    except (FileNotFoundError, IsADirectoryError) as e:
+      raise BadRecord(path, "missing") from e
+    try:
+      with f:
+        x = np.load(f, allow_pickle=False)
     except Exception as e:
-      raise BadRecord(str(path), "unreadable") from e
+      raise BadRecord(path, "unreadable") from e
     if x.ndim == 3 and x.shape[0] == 1:  # M2D's wav_to_lms writes [1, F, T]
       x = x[0]
     if x.ndim != 2 or x.shape[0] != self.n_mels or x.shape[1] == 0:
-      raise BadRecord(str(path), f"shape {x.shape} is not [{self.n_mels}, T]")
+      raise BadRecord(path, f"shape {x.shape} is not [{self.n_mels}, T]")
     return np.asarray(x, np.float32)
 
 
@@ -135,7 +139,7 @@ class AudioSource(LogMelSource):
       self.root, self.names = read_file_list(csv_path)
       check_some_exist(self.root, self.names, "audio files")
     elif root:
-      self.root, self.names = Path(root), audio_io.find_audio_files(root)
+      self.root, self.names = os.fspath(root), audio_io.find_audio_files(root)
       if not self.names:
         raise FileNotFoundError(f"no audio files ({', '.join(audio_io.AUDIO_EXTENSIONS)}) "
                                 f"under {root}")
@@ -147,10 +151,10 @@ class AudioSource(LogMelSource):
     return len(self.names)
 
   def describe(self, index: int) -> str:
-    return str(self.root / self.names[index])
+    return paths.join(self.root, self.names[index])
 
   def load(self, index: int) -> np.ndarray:
-    wave = audio_io.load_audio(self.root / self.names[index], self.spec.sample_rate)
+    wave = audio_io.load_audio(paths.join(self.root, self.names[index]), self.spec.sample_rate)
     return log_mel(wave, self.spec)
 
 

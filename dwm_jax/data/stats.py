@@ -13,6 +13,8 @@ from collections.abc import Iterable
 
 import numpy as np
 
+from dwm_jax import paths
+
 M2D_AUDIOSET_MEAN = -7.1
 M2D_AUDIOSET_STD = 4.2
 
@@ -63,14 +65,11 @@ def compute_stats(logmels: Iterable[np.ndarray]) -> Stats:
 
 
 def save_stats(path: str | os.PathLike, stats: Stats) -> None:
-  with open(path, "w") as f:
-    json.dump(dataclasses.asdict(stats), f, indent=2)
-    f.write("\n")
+  paths.write_text(path, json.dumps(dataclasses.asdict(stats), indent=2) + "\n")
 
 
 def load_stats(path: str | os.PathLike) -> Stats:
-  with open(path) as f:
-    d = json.load(f)
+  d = json.loads(paths.read_text(path))
   missing = {"mean", "std"} - set(d)
   if missing:
     raise ValueError(f"{path}: stats JSON lacks {sorted(missing)}")

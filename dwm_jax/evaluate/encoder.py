@@ -16,7 +16,6 @@ import dataclasses
 import functools
 import hashlib
 import json
-import os
 from typing import Any
 
 import flax.serialization
@@ -25,7 +24,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from dwm_jax import patching
+from dwm_jax import paths, patching
 from dwm_jax.models.vit import ViTEncoder, encoder_from_config, sincos_2d
 
 FORMAT = "dwm-jax-encoder/2"
@@ -143,7 +142,8 @@ def _init_fn(config_key: str):
 
 def save_encoder(path: str, *, model_cfg: Any, params: Any, norm_mean: float,
                  norm_std: float, pos_embed: np.ndarray | None = None) -> str:
-  """Writes the export file atomically (temp file + rename); returns ``path``.
+  """Writes the export file atomically (a local temp file + rename, or one bucket object);
+  returns ``path``.
 
   ``pos_embed: [N, D]``: a positional table to store (None: the encoder uses the sin-cos one).
   """
@@ -155,17 +155,11 @@ def save_encoder(path: str, *, model_cfg: Any, params: Any, norm_mean: float,
   if pos_embed is not None:
     # Validated by the Encoder it would load as, before anything is written.
     payload["pos_embed"] = Encoder(cfg, host, norm_mean, norm_std, pos_embed).pos_embed
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  tmp = f"{path}.tmp-{os.getpid()}"
-  with open(tmp, "wb") as f:
-    f.write(flax.serialization.msgpack_serialize(payload))
-  os.replace(tmp, path)
-  return path
+  return paths.write_bytes(path, flax.serialization.msgpack_serialize(payload))
 
 
 def _load_file(path: str) -> Encoder:
-  with open(path, "rb") as f:
-    raw = f.read()
+  raw = paths.read_bytes(path)
   try:
     payload = flax.serialization.msgpack_restore(raw)
   except Exception as e:  # msgpack raises several types on foreign bytes
@@ -199,8 +193,8 @@ def _load_workdir(workdir: str) -> Encoder:
 
 def load_encoder(path_or_workdir: str) -> Encoder:
   """An export file (``dwm-jax export``) or a pretraining workdir (its latest checkpoint)."""
-  if os.path.isdir(path_or_workdir):
+  if paths.isdir(path_or_workdir):
     return _load_workdir(path_or_workdir)
-  if os.path.isfile(path_or_workdir):
+  if paths.isfile(path_or_workdir):
     return _load_file(path_or_workdir)
   raise FileNotFoundError(f"no encoder export file or workdir at {path_or_workdir!r}")

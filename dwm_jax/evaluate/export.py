@@ -10,7 +10,7 @@ import argparse
 import logging
 import sys
 
-from dwm_jax import console, faults
+from dwm_jax import console, faults, paths
 from dwm_jax.data.pipeline import norm_stats
 from dwm_jax.evaluate.encoder import save_encoder
 from dwm_jax.train.checkpoint import restore_encoder
@@ -19,7 +19,9 @@ log = logging.getLogger(__name__)
 
 
 def export(workdir: str, out: str, *, step: int | None = None) -> str:
-  """Writes the encoder of ``workdir``'s latest (or ``step``) checkpoint to ``out``."""
+  """Writes the encoder of ``workdir``'s latest (or ``step``) checkpoint to ``out`` (either may
+  be a bucket URL; a bad bucket for ``out`` fails before anything is read)."""
+  paths.check_writable(paths.parent(paths.absolute(out)))
   config, params = restore_encoder(workdir, step)
   mean, std = norm_stats(config.data)
   return save_encoder(out, model_cfg=config.model, params=params, norm_mean=mean, norm_std=std)
@@ -27,8 +29,9 @@ def export(workdir: str, out: str, *, step: int | None = None) -> str:
 
 def main(argv: list[str] | None = None) -> int:
   p = argparse.ArgumentParser(prog="dwm-jax export", description=__doc__.split("\n")[0])
-  p.add_argument("--workdir", required=True, help="pretraining workdir")
-  p.add_argument("--out", required=True, help="output file (e.g. encoder.msgpack)")
+  p.add_argument("--workdir", required=True, help="pretraining workdir (local or gs://...)")
+  p.add_argument("--out", required=True, help="output file (e.g. encoder.msgpack, or "
+                 "gs://bucket/encoder.msgpack)")
   p.add_argument("--step", type=int, default=None, help="checkpoint step (default: the newest "
                  "that restores)")
   p.add_argument("--debug", action="store_true", help="show tracebacks of expected failures")

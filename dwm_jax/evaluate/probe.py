@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import io
 import logging
 from typing import Callable, Sequence
 
@@ -17,6 +18,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+
+from dwm_jax import paths
 
 log = logging.getLogger(__name__)
 
@@ -300,13 +303,12 @@ def task_features(model, task, *, cache_dir: str | None = None) -> dict[str, np.
   the encoder's parameter fingerprint and the task's content name the file, so another checkpoint
   or changed data never reuses stale features.
   """
-  import os
   fn, cache_id = featurizer_for(model)
   path = None
   if cache_dir and cache_id:
-    path = os.path.join(cache_dir, cache_id, f"{task.name}-{_task_hash(task)}.npz")
-    if os.path.isfile(path):
-      with np.load(path) as z:
+    path = paths.join(cache_dir, cache_id, f"{task.name}-{_task_hash(task)}.npz")
+    if paths.isfile(path):
+      with np.load(io.BytesIO(paths.read_bytes(path))) as z:
         log.info("task %s: features from cache %s", task.name, path)
         return {s: z[s] for s in ("train", "valid", "test")}
   feats = {s: np.asarray(fn(task.split(s)[0]), np.float32) for s in ("train", "valid", "test")}
@@ -315,10 +317,9 @@ def task_features(model, task, *, cache_dir: str | None = None) -> dict[str, np.
     if len(feats[s]) == 0:
       feats[s] = np.zeros((0, dim), np.float32)
   if path:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}.npz"
-    np.savez(tmp, **feats)
-    os.replace(tmp, path)
+    buf = io.BytesIO()
+    np.savez(buf, **feats)
+    paths.write_bytes(path, buf.getvalue())  # atomic: a reader never sees half a file
   return feats
 
 

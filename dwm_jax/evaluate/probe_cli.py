@@ -15,11 +15,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 import time
 
-from dwm_jax import console, faults
+from dwm_jax import console, faults, paths
 from dwm_jax.data import labeled
 from dwm_jax.evaluate.probe import ProbeConfig, evaluate_tasks, markdown_table
 
@@ -71,6 +70,11 @@ def run(args: argparse.Namespace) -> dict[str, dict]:
     raise ValueError("nothing to probe: give --task (repeatable) and/or --synthetic N")
   if args.seeds < 1:
     raise ValueError(f"--seeds must be >= 1, got {args.seeds}")
+  for where in (args.workdir, args.encoder):
+    if where:
+      paths.check_bucket(where)  # a bad bucket fails before anything is loaded
+  if args.out:
+    paths.check_writable(args.out)
   t0 = time.perf_counter()
   tasks = labeled.load_tasks(args.task, synthetic=args.synthetic, synthetic_seed=args.synthetic_seed,
                      data_dir=args.tfds_data_dir, sep=args.sep)
@@ -79,18 +83,15 @@ def run(args: argparse.Namespace) -> dict[str, dict]:
   model, label = _model(args)
   cache = None
   if not args.no_cache:
-    cache = args.cache or (os.path.join(args.workdir, "probe_cache") if args.workdir else None)
+    cache = args.cache or (paths.join(args.workdir, "probe_cache") if args.workdir else None)
   results = evaluate_tasks(model, tasks, seeds=args.seeds, cache_dir=cache,
                            config=ProbeConfig(lr=args.lr, max_epochs=args.max_epochs))
   table = markdown_table(results, title=f"Linear probe: {label}")
   print(table + f"\n({time.perf_counter() - t0:.1f} s)")
   if args.out:
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "probe.json"), "w") as f:
-      json.dump(results, f, indent=2)
-    with open(os.path.join(args.out, "probe.md"), "w") as f:
-      f.write(table)
-    print(f"wrote {os.path.join(args.out, 'probe.json')} and probe.md")
+    paths.write_text(paths.join(args.out, "probe.json"), json.dumps(results, indent=2))
+    paths.write_text(paths.join(args.out, "probe.md"), table)
+    print(f"wrote {paths.join(args.out, 'probe.json')} and probe.md")
   return results
 
 

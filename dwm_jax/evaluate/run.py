@@ -6,11 +6,10 @@ pretrained on the synthetic source, the synthetic event / pitch / timbre tasks o
 """
 from __future__ import annotations
 
-import os
-
 import ml_collections
 import numpy as np
 
+from dwm_jax import paths
 from dwm_jax.evaluate.encoder import load_encoder, random_encoder
 from dwm_jax.evaluate.probe import ProbeConfig, evaluate_tasks
 
@@ -65,7 +64,7 @@ def probe_with_baselines(config: ml_collections.ConfigDict, workdir: str,
   baseline = random_encoder(encoder.model_cfg, seed=int(config.seed),
                             norm_mean=encoder.norm_mean, norm_std=encoder.norm_std)
   seeds = int(config.probe.seeds)
-  cache = os.path.join(workdir, "probe_cache")
+  cache = paths.join(workdir, "probe_cache")
   models = {"pretrained": encoder, "random_init": baseline, "logmel_stats": "logmel"}
   return {name: evaluate_tasks(m, tasks, seeds=seeds, cache_dir=cache, config=ProbeConfig())
           for name, m in models.items()}

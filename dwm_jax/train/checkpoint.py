@@ -16,6 +16,11 @@ is logged in one line, moved aside to ``WORKDIR/damaged_checkpoints/`` (renamed,
 and the next older one is tried. With damaged checkpoints and no readable one it refuses to
 start (:class:`NoReadableCheckpoint`) rather than train over them. Readers (export, probe,
 ``load_encoder``) use the same order read-only: they skip a damaged checkpoint and say so.
+
+A workdir may be a bucket (``gs://bucket/run``): orbax then commits a save by writing
+``commit_success.txt`` last (an object store has no atomic rename), an unfinished save is a step
+folder without it, and moving a damaged checkpoint aside copies its objects, then deletes them
+(:func:`dwm_jax.paths.move_dir`).
 """
 from __future__ import annotations
 
@@ -36,7 +41,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 from dwm_jax import config as config_lib
-from dwm_jax import faults
+from dwm_jax import faults, paths
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +64,7 @@ class CheckpointWriteError(faults.Fault):
 
 
 def checkpoint_dir(workdir: str) -> str:
-  return os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
+  return paths.join(paths.absolute(workdir), CHECKPOINT_DIR)
 
 
 class _QuietOrbax(logging.Filter):
@@ -135,7 +140,7 @@ class Saver:
   def _settle(self) -> int | None:
     """Moves a finished in-flight save to ``last_good``; returns the in-flight step if it did
     not finish (then it is the one that failed)."""
-    if self.in_flight is not None and step_dir(self.workdir, self.in_flight).exists():
+    if self.in_flight is not None and _finished(self.workdir, self.in_flight):
       self.last_good, self.in_flight = self.in_flight, None
     return self.in_flight
 
@@ -210,18 +215,27 @@ def step_dir(workdir: str, step: int) -> epath.Path:
   return epath.Path(checkpoint_dir(workdir)) / str(step)
 
 
-def move_aside(workdir: str, step: int) -> epath.Path:
-  """Renames checkpoint ``step`` to ``WORKDIR/damaged_checkpoints/<step>-<unix time>``."""
-  target_dir = epath.Path(os.path.abspath(workdir)) / DAMAGED_DIR
-  target_dir.mkdir(parents=True, exist_ok=True)
-  target = target_dir / f"{step}-{int(time.time())}"
-  step_dir(workdir, step).rename(target)
+def _finished(workdir: str, step: int) -> bool:
+  """Whether the save of ``step`` committed (a renamed folder locally; a bucket's step folder
+  exists from its first object on, so there it is its ``commit_success.txt``)."""
+  path = step_dir(workdir, step)
+  return path.exists() and ocp.path.step.is_path_finalized(path)
+
+
+def damaged_dir(workdir: str) -> str:
+  return paths.join(paths.absolute(workdir), DAMAGED_DIR)
+
+
+def move_aside(workdir: str, step: int) -> str:
+  """Moves checkpoint ``step`` to ``WORKDIR/damaged_checkpoints/<step>-<unix time>``."""
+  target = paths.join(damaged_dir(workdir), f"{step}-{int(time.time())}")
+  paths.move_dir(os.fspath(step_dir(workdir, step)), target)
   return target
 
 
 def damaged_checkpoints(workdir: str) -> list[str]:
-  path = epath.Path(os.path.abspath(workdir)) / DAMAGED_DIR
-  return sorted(p.name for p in path.iterdir()) if path.exists() else []
+  path = damaged_dir(workdir)
+  return paths.listdir(path) if paths.isdir(path) else []
 
 
 def _quiet_cancelled_reads() -> None:
@@ -286,7 +300,7 @@ def restore_latest(workdir: str, manager: ocp.CheckpointManager, *, state_templa
   if damaged:
     raise NoReadableCheckpoint(
         f"no readable checkpoint in {checkpoint_dir(workdir)}, and {len(damaged)} damaged one(s) "
-        f"in {os.path.join(os.path.abspath(workdir), DAMAGED_DIR)} ({', '.join(damaged)}): "
+        f"in {damaged_dir(workdir)} ({', '.join(damaged)}): "
         "refusing to train over them. Restore them from a backup, or delete that folder to "
         "start this run from step 0")
   return None
@@ -325,13 +339,8 @@ def config_diff(old: ml_collections.ConfigDict, new: ml_collections.ConfigDict) 
 
 def write_config(workdir: str, config: ml_collections.ConfigDict) -> str:
   """``WORKDIR/config.json`` for people and tools (the checkpoints carry their own copy)."""
-  path = os.path.join(workdir, CONFIG_FILE)
-  os.makedirs(workdir, exist_ok=True)
-  tmp = f"{path}.tmp-{os.getpid()}"
-  with open(tmp, "w") as f:
-    f.write(config.to_json_best_effort(indent=2, sort_keys=True))
-  os.replace(tmp, path)
-  return path
+  return paths.write_text(paths.join(workdir, CONFIG_FILE),
+                          config.to_json_best_effort(indent=2, sort_keys=True))
 
 
 def restore_encoder(workdir: str, step: int | None = None
@@ -342,7 +351,7 @@ def restore_encoder(workdir: str, step: int | None = None
   """
   from dwm_jax.train.state import encoder_params  # the state module knows the params layout
 
-  if not os.path.isdir(checkpoint_dir(workdir)):
+  if not paths.isdir(checkpoint_dir(workdir)):
     raise FileNotFoundError(f"no checkpoints under {checkpoint_dir(workdir)!r}: is {workdir!r} "
                             "a pretraining workdir?")
   manager = make_manager(workdir, read_only=True)

@@ -17,7 +17,6 @@ from __future__ import annotations
 import collections
 import itertools
 import logging
-import os
 import signal
 import threading
 import time
@@ -26,7 +25,7 @@ from typing import Any, Callable, Iterator
 import jax
 import ml_collections
 
-from dwm_jax import faults
+from dwm_jax import faults, paths
 from dwm_jax.data import pipeline
 from dwm_jax.train import checkpoint as ckpt
 from dwm_jax.train import memory
@@ -121,7 +120,7 @@ def _write_mask_png(workdir: str, writer: Any, setup: setup_lib.RunSetup, batch:
     return
   title = (f"step {step}, epoch {step / setup.steps_per_epoch:.2f}: first clip of the batch and "
            f"its trained mask ({setup.mask_name}, ratio {setup.mask_ratio}, hint {hint:.2f})")
-  img = metrics_log.mask_png(os.path.join(workdir, "masks", f"step_{step:08d}.png"), logmel,
+  img = metrics_log.mask_png(paths.join(workdir, "masks", f"step_{step:08d}.png"), logmel,
                              row, setup.patch_size, title=title)
   writer.write_images(step, {"masks": img[None]})
 
@@ -147,7 +146,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
   :class:`NonFiniteLossError` on NaN/Inf and :class:`memory.DoesNotFit` before step 1 when the
   step cannot fit in device memory.
   """
-  workdir = os.path.abspath(workdir)
+  workdir = paths.absolute(workdir)
+  paths.check_writable(workdir)  # a bad bucket fails here, before anything is read or built
   primary = jax.process_index() == 0
   setup = setup_lib.build(config, pipeline.dataset_size(config.data))
   mesh = mesh_lib.data_mesh()

@@ -3,9 +3,14 @@
 Only process 0 writes; other processes get a writer that drops everything. TensorBoard events
 need ``tensorflow`` and ``tensorboard`` (the ``[tfds]`` extra), which clu's summary writer uses;
 without them the run logs to the console and ``metrics.jsonl`` and says so once.
+
+A workdir on a bucket (``gs://...``): ``metrics.jsonl`` and the events are written to a local
+staging folder and uploaded at each log step (:mod:`dwm_jax.train.mirror`); mask PNGs are
+written to the bucket directly.
 """
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -16,6 +21,7 @@ import ml_collections
 import numpy as np
 
 from dwm_jax import config as config_lib
+from dwm_jax import paths
 
 log = logging.getLogger("dwm_jax.train")
 
@@ -50,16 +56,31 @@ class JsonlWriter:
 
 
 class Writers:
-  """Fans every call out to a list of writers (clu ``MetricWriter`` API subset)."""
+  """Fans every call out to a list of writers (clu ``MetricWriter`` API subset); with a
+  ``mirror`` (a bucket workdir), each ``write_scalars`` flushes them and asks for an upload."""
 
-  def __init__(self, writers: list[Any]):
-    self.writers = writers
+  def __init__(self, writers: list[Any], mirror: Any = None):
+    self.writers, self.mirror = writers, mirror
 
   def __getattr__(self, name: str):
     def call(*args, **kwargs):
       for w in self.writers:
         getattr(w, name)(*args, **kwargs)
     return call
+
+  def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
+    for w in self.writers:
+      w.write_scalars(step, scalars)
+    if self.mirror is not None:
+      for w in self.writers:
+        w.flush()
+      self.mirror.request()
+
+  def close(self) -> None:
+    for w in self.writers:
+      w.close()
+    if self.mirror is not None:
+      self.mirror.close()
 
 
 def _tensorboard_writer(logdir: str) -> Any | None:
@@ -80,12 +101,17 @@ def make_writer(workdir: str, *, is_primary: bool, tensorboard: bool = True) -> 
   """Writers of ``workdir`` (``logs/`` TensorBoard events + ``metrics.jsonl``) on process 0."""
   if not is_primary:
     return Writers([])
+  mirror = None
+  if paths.is_remote(workdir):
+    from dwm_jax.train.mirror import Mirror  # pylint: disable=import-outside-toplevel
+    mirror = Mirror(workdir, fetch=[METRICS_FILE])  # a resumed run appends to the same rows
+    workdir = mirror.local
   os.makedirs(workdir, exist_ok=True)
   writers = [JsonlWriter(os.path.join(workdir, METRICS_FILE))]
   tb = _tensorboard_writer(os.path.join(workdir, "logs")) if tensorboard else None
   if tb is not None:
     writers.append(tb)
-  return Writers(writers)
+  return Writers(writers, mirror)
 
 
 def hparams(config: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -145,7 +171,8 @@ def mask_png(path: str, logmel: np.ndarray, mask: np.ndarray, patch_size: tuple[
   fig = masks.mask_figure(logmel, {"trained mask": masks.to_grid_image(np.asarray(mask), grid)},
                           patch_size=patch_size, title=title)
   canvas = FigureCanvasAgg(fig)
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  fig.savefig(path, dpi=80)
+  png = io.BytesIO()
+  fig.savefig(png, format="png", dpi=80)
+  paths.write_bytes(path, png.getvalue())  # a local file or a bucket object, written whole
   canvas.draw()
   return np.asarray(canvas.buffer_rgba())[..., :3].copy()
