@@ -14,6 +14,9 @@ import ml_collections
 from dwm_jax import masking, objectives, patching
 from dwm_jax.data.pipeline import SOURCES
 from dwm_jax.models.vit import DTYPES, MODEL_SIZES
+from dwm_jax.objectives.m2d import TARGET_INITS
+from dwm_jax.train.ema import SCHEDULES
+from dwm_jax.train.optimizer import DECAY_GROUPS
 
 
 class ConfigError(ValueError):
@@ -126,9 +129,10 @@ def _check_objective(c: _Checker) -> None:
     c.fail("objective.predictor_heads", f"predictor_dim {dim} is not divisible by {heads} heads")
   c.number("objective.ema_decay_start", lo=0.0, hi=1.0)
   c.number("objective.ema_decay_end", lo=0.0, hi=1.0)
-  if c.get("objective.ema_schedule") is not None:
-    c.check("objective.ema_schedule", lambda v: v in ("cosine", "linear"),
-            "unknown EMA schedule {v!r}; valid: cosine, linear")
+  c.check("objective.ema_schedule", lambda v: v in SCHEDULES,
+          f"unknown EMA schedule {{v!r}}; valid: {', '.join(SCHEDULES)}")
+  c.check("objective.target_init", lambda v: v in TARGET_INITS,
+          f"unknown target init {{v!r}}; valid: {', '.join(TARGET_INITS)}")
 
 
 def _check_mask(c: _Checker, grid: patching.Grid | None) -> None:
@@ -182,6 +186,7 @@ def _check_data(c: _Checker) -> None:
     c.number("data.synthetic.seconds", lo=0.0, lo_open=True)
   if c.get("data.stats"):
     _exists(c, "data.stats", "file")
+  c.number("data.stats_crops", lo=0, integer=True)
   c.number("data.norm_std", lo=0.0, lo_open=True)
   c.number("data.norm_mean")
   c.number("data.num_workers", lo=0, integer=True)
@@ -206,6 +211,8 @@ def _check_schedule(c: _Checker, device_count: int, process_count: int) -> None:
   c.number("optim.b1", lo=0.0, hi=1.0, hi_open=True)
   c.number("optim.b2", lo=0.0, hi=1.0, hi_open=True)
   c.number("optim.clip_norm", lo=0.0)
+  c.check("optim.decay_groups", lambda v: v in DECAY_GROUPS,
+          f"unknown weight-decay groups {{v!r}}; valid: {', '.join(DECAY_GROUPS)}")
   c.number("optim.accum_steps", lo=1, integer=True)
   c.number("checkpoint.every_steps", lo=1, integer=True)
   c.number("checkpoint.keep", lo=1, integer=True)

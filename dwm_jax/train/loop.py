@@ -139,6 +139,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
   """
   workdir = os.path.abspath(workdir)
   primary = jax.process_index() == 0
+  if batches is None:  # data.stats_crops > 0: the statistics of the training data, recorded
+    config = pipeline.with_run_stats(config, workdir, write=primary)
   setup = setup_lib.build(config, pipeline.dataset_size(config.data))
   mesh = mesh_lib.data_mesh()
   if primary:
