@@ -139,8 +139,6 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
   """
   workdir = os.path.abspath(workdir)
   primary = jax.process_index() == 0
-  if batches is None:  # data.stats_crops > 0: the statistics of the training data, recorded
-    config = pipeline.with_run_stats(config, workdir, write=primary)
   setup = setup_lib.build(config, pipeline.dataset_size(config.data))
   mesh = mesh_lib.data_mesh()
   if primary:
@@ -156,6 +154,12 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
   if primary:
     log.info("%s", plan.summary())
   memory.check(plan)
+  if batches is None and not config.data.stats and config.data.get("stats_crops", 0) > 0:
+    # The training data's normalization statistics (after the memory plan: reading thousands of
+    # crops can take minutes), recorded in the config the checkpoints and config.json keep.
+    config = pipeline.with_run_stats(config, workdir, write=primary)
+    if primary:
+      ckpt.write_config(workdir, config)
 
   if batches is None:
     loader = pipeline.make_pretrain_loader(
