@@ -25,6 +25,10 @@ def get_config(arg: str | None = None):
   c.objective.predictor_heads = 16
   c.objective.ema_decay_start = 0.99995
   c.objective.ema_decay_end = 0.99999
+  # The authors' training defaults (README, "M2D training defaults"):
+  c.objective.ema_schedule = "linear"      # start + (end - start) * step / (total_steps - 1)
+  c.objective.norm_pix_loss = True         # target tokens standardized before 2 - 2 cos
+  c.objective.target_init = "independent"  # target blocks get their own init, not a copy
 
   c.mask.ratio = 0.7
   c.mask.hint.start_epoch = 50.0   # plain random masking for the first 50 epochs
@@ -39,6 +43,9 @@ def get_config(arg: str | None = None):
   c.optim.warmup_epochs = 20.0
   c.optim.weight_decay = 0.05
   c.optim.b1, c.optim.b2 = 0.9, 0.95
+  c.optim.clip_norm = 3.0          # --clip_grad 3.0
+  c.optim.decay_groups = "timm"    # timm's param_groups_weight_decay: cls / mask tokens decayed
+  c.data.stats_crops = 5000        # mean / std of 5000 random crops at start, unless data.stats
 
   c.checkpoint.every_steps = 1000
   c.checkpoint.keep = 3

@@ -37,10 +37,16 @@ def base_config() -> ml_collections.ConfigDict:
   c.objective.predictor_depth = 8  # M2D predictor / MAE decoder
   c.objective.predictor_dim = 512
   c.objective.predictor_heads = 16
-  c.objective.ema_decay_start = 0.99995  # M2D target EMA, cosine-ramped to the end value
+  c.objective.ema_decay_start = 0.99995  # M2D target EMA decay, ramped to the end value
   c.objective.ema_decay_end = 0.99999
-  c.objective.ema_schedule = "cosine"  # cosine | linear ramp of the EMA decay over total_steps
-  c.objective.norm_pix_loss = True  # MAE: per-patch normalized reconstruction target
+  # linear: the authors' start + (end - start) * step / (total_steps - 1); cosine: BYOL's ramp.
+  c.objective.ema_schedule = "linear"
+  # Standardized targets (the authors' norm_pix_loss): M2D standardizes each target token over its
+  # channels before the 2 - 2 cos loss; MAE reconstructs per-patch normalized log-mel.
+  c.objective.norm_pix_loss = True
+  # M2D target blocks + norm at step 0: "independent" (their own init, as the authors') or
+  # "copy" (of the online encoder).
+  c.objective.target_init = "independent"
 
   c.mask = ml_collections.ConfigDict()
   c.mask.name = "dwm"              # any name in dwm_jax.masking.names()
@@ -64,6 +70,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.norm_mean = -7.1          # M2D's AudioSet log-mel statistics
   c.data.norm_std = 4.2
   c.data.stats = ""                # stats JSON (written by `dwm-jax prepare`): overrides the two above
+  # Without data.stats: > 0 computes mean/std at the start of the run from this many random crops
+  # of the training data (the authors' way; seeded by `seed`), recorded in WORKDIR/stats.json and
+  # in the run's config; 0 uses norm_mean / norm_std as given.
+  c.data.stats_crops = 5000
   c.data.num_workers = 0           # grain worker processes (0: decode in the training process)
   c.data.prefetch = 2              # batches in flight per process (threads) / per worker
   c.data.synthetic = ml_collections.ConfigDict()
@@ -83,7 +93,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.optim.weight_decay = 0.05
   c.optim.b1 = 0.9
   c.optim.b2 = 0.95
-  c.optim.clip_norm = 0.0          # 0 = no clipping
+  c.optim.clip_norm = 3.0          # global-norm gradient clipping (the authors' 3.0); 0 = off
+  # timm: decay every >= 2-D parameter but biases (cls / mask tokens too, as the authors' timm
+  # param_groups_weight_decay); kernels: decay Dense / patch-embedding kernels only.
+  c.optim.decay_groups = "timm"
   c.optim.accum_steps = 1          # optax.MultiSteps gradient accumulation
 
   c.checkpoint = ml_collections.ConfigDict()

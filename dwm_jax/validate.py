@@ -13,7 +13,9 @@ import ml_collections
 from dwm_jax import faults, masking, objectives, paths, patching
 from dwm_jax.data.pipeline import SOURCES
 from dwm_jax.models.vit import DTYPES, MODEL_SIZES
+from dwm_jax.objectives.m2d import TARGET_INITS
 from dwm_jax.train import ema
+from dwm_jax.train.optimizer import DECAY_GROUPS
 
 
 class ConfigError(faults.UsageFault, ValueError):
@@ -129,6 +131,8 @@ def _check_objective(c: _Checker) -> None:
   c.number("objective.ema_decay_end", lo=0.0, hi=1.0)
   c.check("objective.ema_schedule", lambda v: v in ema.SCHEDULES,
           f"unknown EMA schedule {{v!r}}; valid: {', '.join(ema.SCHEDULES)}")
+  c.check("objective.target_init", lambda v: v in TARGET_INITS,
+          f"unknown target init {{v!r}}; valid: {', '.join(TARGET_INITS)}")
 
 
 def _check_mask(c: _Checker, grid: patching.Grid | None) -> None:
@@ -186,6 +190,7 @@ def _check_data(c: _Checker) -> None:
     c.number("data.synthetic.seconds", lo=0.0, lo_open=True)
   if c.get("data.stats"):
     _exists(c, "data.stats", "file")
+  c.number("data.stats_crops", lo=0, integer=True)
   c.number("data.norm_std", lo=0.0, lo_open=True)
   c.number("data.norm_mean")
   c.number("data.num_workers", lo=0, integer=True)
@@ -210,6 +215,8 @@ def _check_schedule(c: _Checker, device_count: int, process_count: int) -> None:
   c.number("optim.b1", lo=0.0, hi=1.0, hi_open=True)
   c.number("optim.b2", lo=0.0, hi=1.0, hi_open=True)
   c.number("optim.clip_norm", lo=0.0)
+  c.check("optim.decay_groups", lambda v: v in DECAY_GROUPS,
+          f"unknown weight-decay groups {{v!r}}; valid: {', '.join(DECAY_GROUPS)}")
   c.number("optim.accum_steps", lo=1, integer=True)
   c.number("checkpoint.every_steps", lo=1, integer=True)
   c.number("checkpoint.keep", lo=1, integer=True)

@@ -62,6 +62,14 @@ CASES = [
     (_set(checkpoint__keep=0), "checkpoint.keep: must be in [1, inf]"),
     (_set(log_every_steps=0), "log_every_steps: must be in [1, inf], got 0"),
     (_set(mask__hint__k=0.0), "mask.hint.k: must be in (0.0, inf]"),
+    (_set(objective__ema_schedule="step"), "objective.ema_schedule: unknown EMA schedule "
+     "'step'; valid: linear, cosine"),
+    (_set(objective__target_init="zeros"), "objective.target_init: unknown target init 'zeros'; "
+     "valid: independent, copy"),
+    (_set(optim__clip_norm=-1.0), "optim.clip_norm: must be in [0.0, inf]"),
+    (_set(optim__decay_groups="all"), "optim.decay_groups: unknown weight-decay groups 'all'; "
+     "valid: timm, kernels"),
+    (_set(data__stats_crops=-5), "data.stats_crops: must be in [0, inf], got -5"),
     (_set(probe__tasks=("missing.csv",)), "probe.tasks[0]: task CSV 'missing.csv' does not exist"),
     (_set(data__source="tfds", data__tfds_name="speech_commands", probe__after_pretrain=True),
      "probe.tasks: probe.after_pretrain needs task CSVs (or tfds:NAME) when data.source is not "

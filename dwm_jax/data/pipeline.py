@@ -18,14 +18,23 @@ Graph (``grain.MapDataset``, lazily evaluated per index, then an ``IterDataset``
 """
 from __future__ import annotations
 
+import concurrent.futures
+import dataclasses
+import json
+import logging
 import math
+import os
+from typing import Iterator
 
 import grain
 import numpy as np
 
+from dwm_jax import paths
 from dwm_jax.data.log_mel import EPS, LogMelSpec
 from dwm_jax.data.sources import AudioSource, LogMelSource, NpySource, SyntheticSource
-from dwm_jax.data.stats import load_stats
+from dwm_jax.data.stats import RunningStats, Stats, load_stats
+
+log = logging.getLogger(__name__)
 
 SOURCES = ("synthetic", "npy", "audio", "tfds")
 # Value of silence (zero power) in raw log-mel; short clips are padded with it.
@@ -62,7 +71,11 @@ def dataset_size(data_cfg) -> int:
 
 
 def norm_stats(data_cfg) -> tuple[float, float]:
-  """``(mean, std)``: from ``data_cfg.stats`` (a stats JSON) when set, else norm_mean/norm_std."""
+  """``(mean, std)``: from ``data_cfg.stats`` (a stats JSON) when set, else norm_mean/norm_std.
+
+  A run with ``data.stats_crops > 0`` computes them first (:func:`with_run_stats`) and records
+  them in ``norm_mean`` / ``norm_std`` of its config, so its checkpoints give the values it used.
+  """
   path = data_cfg.get("stats", "")
   if path:
     st = load_stats(path)
@@ -142,3 +155,94 @@ def make_pretrain_loader(data_cfg, *, input_shape: tuple[int, int] = (80, 608),
     ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers,
                                                      per_worker_buffer_size=max(1, prefetch)))
   return ds
+
+
+# Stats crops: the file the run records its computed statistics in (WORKDIR/stats.json), and the
+# random stream of the crops, apart from the pipeline's shuffle and crop streams.
+STATS_FILE = "stats.json"
+_STATS_STREAM = 0x57A75
+
+
+def stats_crops(source: LogMelSource, *, num_crops: int, frames: int, seed: int,
+                threads: int = 1) -> Iterator[np.ndarray]:
+  """``num_crops`` training crops ``[F, frames]`` (raw log-mel), as the pipeline would crop them.
+
+  Clips are drawn uniformly with replacement (the authors' ``np.random.randint``); each crop is a
+  uniformly random window, or the clip right-padded with silence. Crop ``j`` has its own
+  generator from ``(seed, j)``, so the crops do not depend on ``threads`` (clips loaded in
+  parallel; reading and decoding release the GIL). Yields in order ``j = 0, 1, ...``.
+  """
+  if num_crops < 1:
+    raise ValueError(f"stats crops: need at least one crop, got {num_crops}")
+  if len(source) < 1:
+    raise ValueError("stats crops: the data source is empty")
+  clips = np.random.default_rng([seed, _STATS_STREAM]).integers(0, len(source), size=num_crops)
+
+  def crop(j: int) -> np.ndarray:
+    rng = np.random.default_rng([seed, _STATS_STREAM, j])
+    return crop_or_pad(source[int(clips[j])], frames, rng)
+
+  if threads <= 1:
+    yield from map(crop, range(num_crops))
+    return
+  with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+    yield from pool.map(crop, range(num_crops))
+
+
+def crop_stats(data_cfg, *, input_shape: tuple[int, int], seed: int, num_crops: int) -> Stats:
+  """Mean and std over every value of :func:`stats_crops` of the source of ``data_cfg``."""
+  source = make_source(data_cfg, n_mels=int(input_shape[0]))
+  acc = RunningStats()
+  for x in stats_crops(source, num_crops=num_crops, frames=int(input_shape[1]), seed=seed,
+                       threads=max(1, int(data_cfg.num_workers), int(data_cfg.prefetch))):
+    acc.add(x)
+  return acc.result()
+
+
+def _stats_record(config) -> dict:
+  """What the computed statistics depend on (a recorded file is reused only if it matches)."""
+  d = config.data
+  keys = ("source", "csv", "root", "tfds_name", "tfds_data_dir", "tfds_split", "tfds_audio_key")
+  return {"crops": int(d.stats_crops), "seed": int(config.seed),
+          "input_shape": [int(v) for v in config.model.input_shape],
+          "data": {**{k: d.get(k) for k in keys}, "synthetic": d.synthetic.to_dict()}}
+
+
+def with_run_stats(config, workdir: str, *, write: bool = True):
+  """``config``, with the run's normalization statistics in ``data.norm_mean`` / ``norm_std``.
+
+  Unchanged when ``data.stats`` names a file or ``data.stats_crops`` is 0. Otherwise the mean and
+  std of ``data.stats_crops`` random crops of the training data (the authors compute theirs at
+  start the same way), deterministic from ``config.seed``. They are recorded in
+  ``WORKDIR/stats.json`` with what they depend on (``write``: the primary process writes), and
+  a rerun in the same workdir (a resume) reads them back instead of recomputing. Every process
+  of a multi-host run computes the same values when the file is not shared.
+  """
+  d = config.data
+  if d.get("stats") or int(d.get("stats_crops", 0)) <= 0:
+    return config
+  record = _stats_record(config)
+  path = paths.join(workdir, STATS_FILE)
+  stats = _recorded_stats(path, record)
+  if stats is None:
+    stats = crop_stats(d, input_shape=tuple(config.model.input_shape), seed=int(config.seed),
+                       num_crops=int(d.stats_crops))
+    log.info("normalization statistics of %d random crops of the training data: mean %.4f, "
+             "std %.4f (%s)", d.stats_crops, stats.mean, stats.std, path)
+    if write:
+      paths.write_text(path, json.dumps({**dataclasses.asdict(stats), "computed_from": record},
+                                        indent=2) + "\n")
+  out = config.copy_and_resolve_references()
+  out.data.norm_mean, out.data.norm_std = float(stats.mean), float(stats.std)
+  return out
+
+
+def _recorded_stats(path: str, record: dict) -> Stats | None:
+  """The statistics in ``path`` if it was computed from ``record``'s crops, else None."""
+  try:
+    saved = json.loads(paths.read_text(path))
+  except (OSError, ValueError):
+    return None
+  if saved.get("computed_from") != record:
+    return None
+  return load_stats(path)

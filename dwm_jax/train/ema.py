@@ -6,24 +6,27 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-SCHEDULES = ("cosine", "linear")
+SCHEDULES = ("linear", "cosine")
 
 
 def ema_decay(step: Any, total_steps: int, start: float, end: float,
-              schedule: str = "cosine") -> jnp.ndarray:
-  """Decay at ``step`` ramping from ``start`` (step 0) to ``end`` (``total_steps``), float32.
+              schedule: str = "linear") -> jnp.ndarray:
+  """Decay at ``step`` (0-based step calls), ramping from ``start`` to ``end``, float32.
 
-  ``cosine``: ``end - (end - start) * (1 + cos(pi t)) / 2`` (BYOL's ramp); ``linear``: straight.
-  ``step`` may be traced; past ``total_steps`` the decay stays at ``end``.
+  ``linear`` (the authors' ``ema_decay_sched``): ``start + (end - start) * step / (T - 1)``, so
+  the last step of a ``T``-step run uses ``end`` exactly. ``cosine`` (BYOL's ramp):
+  ``end - (end - start) * (1 + cos(pi * step / T)) / 2``. ``step`` may be traced; past the
+  ramp the decay stays at ``end``.
   """
-  t = jnp.clip(jnp.asarray(step, jnp.float32) / max(int(total_steps), 1), 0.0, 1.0)
+  total = int(total_steps)
+  step = jnp.asarray(step, jnp.float32)
+  if schedule == "linear":
+    t = jnp.clip(step / max(total - 1, 1), 0.0, 1.0)
+    return (start + (end - start) * t).astype(jnp.float32)
   if schedule == "cosine":
-    w = 0.5 * (1.0 + jnp.cos(jnp.pi * t))
-  elif schedule == "linear":
-    w = 1.0 - t
-  else:
-    raise ValueError(f"unknown EMA schedule {schedule!r}; valid: {', '.join(SCHEDULES)}")
-  return (end - (end - start) * w).astype(jnp.float32)
+    t = jnp.clip(step / max(total, 1), 0.0, 1.0)
+    return (end - (end - start) * 0.5 * (1.0 + jnp.cos(jnp.pi * t))).astype(jnp.float32)
+  raise ValueError(f"unknown EMA schedule {schedule!r}; valid: {', '.join(SCHEDULES)}")
 
 
 def ema_update(target: Any, online: Any, decay: jnp.ndarray) -> Any:

@@ -168,6 +168,12 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
     import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
     ocp.multihost.get_barrier_sync_fn()(key=f"dwm_jax_compiled_{next(_starts)}",
                                         timeout_ms=START_BARRIER_SECONDS * 1000)
+  if batches is None and not config.data.stats and config.data.get("stats_crops", 0) > 0:
+    # The training data's normalization statistics (after the memory plan: reading thousands of
+    # crops can take minutes), recorded in the config the checkpoints and config.json keep.
+    config = pipeline.with_run_stats(config, workdir, write=primary)
+    if primary:
+      ckpt.write_config(workdir, config)
 
   if batches is None:
     loader = pipeline.make_pretrain_loader(

@@ -11,16 +11,27 @@ from typing import Any
 import jax
 import optax
 
-# Parameters never weight-decayed beyond biases and norm scales (ndim < 2).
-NO_DECAY_NAMES = ("cls_token", "mask_token", "pos_embed")
+# ``optim.decay_groups``: which parameters AdamW decays.
+DECAY_GROUPS = ("timm", "kernels")
+# Leaves ``kernels`` never decays beyond biases and norm scales.
+TOKEN_NAMES = ("cls_token", "mask_token", "pos_embed")
 
 
-def decay_mask(params: Any) -> Any:
-  """True where weight decay applies: kernels only, not biases, norms, pos/cls/mask tokens."""
+def decay_mask(params: Any, groups: str = "timm") -> Any:
+  """True where weight decay applies, per leaf of ``params``.
+
+  ``timm`` (timm's ``param_groups_weight_decay``, which M2D and MAE use): every parameter of 2 or
+  more dimensions except biases; the ``[1, 1, D]`` cls and mask tokens are decayed, biases and
+  LayerNorm scales (1-D) are not. ``kernels``: the same without the cls / mask tokens.
+  """
+  if groups not in DECAY_GROUPS:
+    raise ValueError(f"unknown optim.decay_groups {groups!r}; valid: {', '.join(DECAY_GROUPS)}")
 
   def keep(path, leaf) -> bool:
-    names = {getattr(k, "key", getattr(k, "name", None)) for k in path}
-    return leaf.ndim >= 2 and not names & set(NO_DECAY_NAMES)
+    names = [getattr(k, "key", getattr(k, "name", None)) for k in path]
+    if leaf.ndim < 2 or names[-1] == "bias":
+      return False
+    return groups == "timm" or not set(names) & set(TOKEN_NAMES)
 
   return jax.tree_util.tree_map_with_path(keep, params)
 
@@ -51,14 +62,19 @@ def make_schedule(config, *, total_steps: int, steps_per_epoch: int) -> optax.Sc
 def make_optimizer(config, schedule: optax.Schedule) -> optax.GradientTransformation:
   """The optax transformation of ``config.optim`` (clip -> AdamW, wrapped in MultiSteps if A>1).
 
+  Clipping (``optim.clip_norm`` > 0) scales the whole gradient to that global norm before AdamW,
+  as ``torch.nn.utils.clip_grad_norm_`` in the authors' loss scaler.
+
   ``schedule`` (:func:`make_schedule`) maps the optimizer's update count to the learning rate.
   """
   o = config.optim
   parts = []
   if float(o.clip_norm) > 0:
     parts.append(optax.clip_by_global_norm(float(o.clip_norm)))
+  groups = str(o.get("decay_groups", "timm"))
   parts.append(optax.adamw(schedule, b1=float(o.b1), b2=float(o.b2),
-                           weight_decay=float(o.weight_decay), mask=decay_mask))
+                           weight_decay=float(o.weight_decay),
+                           mask=lambda params: decay_mask(params, groups)))
   tx = optax.chain(*parts)
   if int(o.accum_steps) > 1:
     tx = optax.MultiSteps(tx, every_k_schedule=int(o.accum_steps)).gradient_transformation()

@@ -4,12 +4,20 @@
   python experiments/strategy_comparison/run.py --tiny               # seconds: the test-suite size
   python experiments/strategy_comparison/run.py --scale gpu          # a GPU host
   python experiments/strategy_comparison/run.py --data DIR --task DIR/labels.csv   # your data
+  python experiments/strategy_comparison/run.py --seeds 0            # one pretraining seed
 
-Per strategy (same config, steps and seed; only ``mask.name`` / ``mask.options`` differ): one
-``dwm_jax.main.train_and_evaluate`` run in ``OUT/runs/<strategy>``, then the linear probe of its
-encoder on the task suite (synthetic event / pitch / timbre tasks on clips drawn with another
-seed, plus any ``--task`` CSVs). Baselines on the same suite: a random-init encoder and log-mel
-statistics. Outputs: ``OUT/results.{csv,md,json,png}``.
+Per pretraining seed (``--seeds``, default 0,1,2: the config's ``seed``, i.e. initialization,
+data order, crops and masks) and strategy (same config and steps; only ``mask.name`` /
+``mask.options`` differ): one ``dwm_jax.main.train_and_evaluate`` run in
+``OUT/runs/<strategy>/seed<S>``, then the linear probe of its encoder on the task suite
+(synthetic event / pitch / timbre tasks on clips drawn with another seed, plus any ``--task``
+CSVs). Baselines on the same suite: a random-init encoder of each seed and log-mel statistics.
+
+Reported per strategy: mean ± std over pretraining seeds of each task's probe accuracy (itself a
+mean over ``--probe-seeds``), and the difference to ``random`` masking paired by seed (same
+initialization and data order), with its std and how many seeds it is positive for: an effect
+smaller than that spread is noise. Outputs: ``OUT/results.{csv,md,json,png}`` and
+``OUT/results_seeds.csv`` (one row per strategy and seed).
 
 Mask-sampling share = median time of the jitted mask sampler on one global batch (for
 ``informed``: including its no-gradient encoder forward), at hint 0 (the strategy fully on),
@@ -188,58 +196,127 @@ def load_suite(args, base) -> list:
   return tasks
 
 
-def write_outputs(out: str, rows: list[dict], task_names: list[str], meta: dict) -> None:
-  fields = (["model"] + [f"{t}_mean" for t in task_names] + [f"{t}_std" for t in task_names]
-            + ["average", "pretrain_seconds", "sec_per_step", "mask_ms", "mask_share",
-               "final_loss"])
-  with open(os.path.join(out, "results.csv"), "w", newline="") as f:
-    w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
-    w.writeheader()
-    for r in rows:
-      w.writerow({k: r.get(k, "") for k in fields})
-  with open(os.path.join(out, "results.json"), "w") as f:
-    json.dump({"meta": meta, "rows": rows}, f, indent=2)
+def aggregate(rows: list[dict], task_names: list[str], reference: str = "random") -> list[dict]:
+  """Per-seed rows -> one row per model: mean / std over seeds (ddof 1) of every task and the
+  average, and the paired difference of the average to ``reference`` (same seed)."""
+  models = list(dict.fromkeys(r["model"] for r in rows))
+  by_seed = {(r["model"], r["seed"]): r for r in rows}
+  ref_label = LABELS.get(reference, reference)
+  out = []
+  for model in models:
+    mine = [r for r in rows if r["model"] == model]
+    agg = {"model": model, "strategy": mine[0].get("strategy"), "seeds": len(mine)}
+    for key in [*task_names, "average"]:
+      vals = np.array([r[key + "_mean"] if key != "average" else r["average"] for r in mine])
+      agg[f"{key}_mean" if key != "average" else "average"] = float(vals.mean())
+      agg[f"{key}_std" if key != "average" else "average_std"] = _std(vals)
+    paired = [r["average"] - by_seed[(ref_label, r["seed"])]["average"] for r in mine
+              if (ref_label, r["seed"]) in by_seed and model != ref_label]
+    if paired:
+      d = np.array(paired)
+      agg.update(vs_ref_mean=float(d.mean()), vs_ref_std=_std(d),
+                 vs_ref_positive=int(np.sum(d > 0)), vs_ref_n=len(d))
+    for key in ("pretrain_seconds", "sec_per_step", "mask_ms", "mask_share", "final_loss"):
+      vals = [r[key] for r in mine if r.get(key) not in ("", None)]
+      if vals:
+        agg[key] = float(np.mean(vals))
+    out.append(agg)
+  return out
 
-  def pct(r, t):
-    return f"{100 * r[t + '_mean']:.1f} ± {100 * r[t + '_std']:.1f}"
+
+def _std(x: np.ndarray) -> float:
+  return float(np.std(x, ddof=1)) if len(x) > 1 else 0.0
+
+
+def write_outputs(out: str, rows: list[dict], task_names: list[str], meta: dict) -> list[dict]:
+  """Per-seed ``rows`` -> results.csv / .md / .json / .png (aggregated over seeds)."""
+  summary = aggregate(rows, task_names)
+  seed_fields = (["model", "strategy", "seed"] + [f"{t}_mean" for t in task_names]
+                 + [f"{t}_std" for t in task_names]
+                 + ["average", "pretrain_seconds", "sec_per_step", "mask_ms", "mask_share",
+                    "final_loss"])
+  _write_csv(os.path.join(out, "results_seeds.csv"), seed_fields, rows)
+  fields = (["model", "strategy", "seeds"] + [f"{t}_mean" for t in task_names]
+            + [f"{t}_std" for t in task_names]
+            + ["average", "average_std", "vs_ref_mean", "vs_ref_std", "vs_ref_positive",
+               "vs_ref_n", "pretrain_seconds", "sec_per_step", "mask_ms", "mask_share",
+               "final_loss"])
+  _write_csv(os.path.join(out, "results.csv"), fields, summary)
+  with open(os.path.join(out, "results.json"), "w") as f:
+    json.dump({"meta": meta, "summary": summary, "rows": rows}, f, indent=2)
+
+  def pct(mean, std):
+    return f"{100 * mean:.1f} ± {100 * std:.1f}"
 
   def opt(v, fmt):
     return "" if v in ("", None) else fmt.format(v)
 
+  seeds = sorted({r["seed"] for r in rows if r.get("seed") is not None})
   lines = [f"Setup: {meta['setup']}", "",
-           "| model | " + " | ".join(task_names) + " | average | pretrain s | s/step | "
-           "mask ms | mask share |",
-           "|---|" + "---:|" * (len(task_names) + 5)]
-  for r in rows:
-    lines.append(f"| {r['model']} | " + " | ".join(pct(r, t) for t in task_names)
-                 + f" | {100 * r['average']:.1f} | {opt(r.get('pretrain_seconds'), '{:.0f}')} | "
+           f"Mean ± std over {len(seeds)} pretraining seed(s) {seeds} of the linear-probe test "
+           "accuracy (%; each seed's figure is the mean over the probe seeds). *vs random*: the "
+           "average minus random masking's, paired by seed: mean ± std [seeds where > 0].", "",
+           "| model | " + " | ".join(task_names) + " | average | vs random | pretrain s | "
+           "s/step | mask ms | mask share |",
+           "|---|" + "---:|" * (len(task_names) + 6)]
+  for r in summary:
+    vs = (f"{100 * r['vs_ref_mean']:+.1f} ± {100 * r['vs_ref_std']:.1f} "
+          f"[{r['vs_ref_positive']}/{r['vs_ref_n']}]" if "vs_ref_mean" in r else "")
+    lines.append(f"| {r['model']} | " + " | ".join(pct(r[f'{t}_mean'], r[f'{t}_std'])
+                                                  for t in task_names)
+                 + f" | {pct(r['average'], r['average_std'])} | {vs} | "
+                 f"{opt(r.get('pretrain_seconds'), '{:.0f}')} | "
                  f"{opt(r.get('sec_per_step'), '{:.3f}')} | {opt(r.get('mask_ms'), '{:.2f}')} | "
                  f"{opt(r.get('mask_share'), '{:.2%}')} |")
+  by = {(r["model"], r["seed"]): r["average"] for r in rows}
+  lines += ["", "Average per pretraining seed (%):", "",
+            "| model | " + " | ".join(f"seed {s}" for s in seeds) + " |",
+            "|---|" + "---:|" * len(seeds)]
+  for r in summary:
+    lines.append(f"| {r['model']} | " + " | ".join(
+        opt(by.get((r["model"], s)) and 100 * by[(r["model"], s)], "{:.1f}") for s in seeds)
+        + " |")
   table = "\n".join(lines) + "\n"
   with open(os.path.join(out, "results.md"), "w") as f:
     f.write(table)
   print(table)
-  _plot(os.path.join(out, "results.png"), rows, task_names)
+  _plot(os.path.join(out, "results.png"), summary, rows, task_names)
+  return summary
 
 
-def _plot(path: str, rows: list[dict], task_names: list[str]) -> None:
+def _write_csv(path: str, fields: list[str], rows: list[dict]) -> None:
+  with open(path, "w", newline="") as f:
+    w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+    w.writeheader()
+    for r in rows:
+      w.writerow({k: r.get(k, "") for k in fields})
+
+
+def _plot(path: str, summary: list[dict], rows: list[dict], task_names: list[str]) -> None:
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
   cols = task_names + ["average"]
   fig, (ax, ax2) = plt.subplots(1, 2, figsize=(13, 4.5), gridspec_kw={"width_ratios": [3, 1.3]})
-  width = 0.8 / len(rows)
+  width = 0.8 / len(summary)
   x = np.arange(len(cols))
-  for i, r in enumerate(rows):
+  for i, r in enumerate(summary):
     vals = [100 * r[f"{t}_mean"] for t in task_names] + [100 * r["average"]]
-    errs = [100 * r[f"{t}_std"] for t in task_names] + [0.0]
-    ax.bar(x + (i - (len(rows) - 1) / 2) * width, vals, width, yerr=errs, label=r["model"],
-           capsize=2)
+    errs = [100 * r[f"{t}_std"] for t in task_names] + [100 * r["average_std"]]
+    pos = x + (i - (len(summary) - 1) / 2) * width
+    ax.bar(pos, vals, width, yerr=errs, label=r["model"], capsize=2)
+    mine = [s for s in rows if s["model"] == r["model"]]  # one dot per pretraining seed
+    for j, t in enumerate(cols):
+      ys = [100 * (s["average"] if t == "average" else s[f"{t}_mean"]) for s in mine]
+      ax.scatter([pos[j]] * len(ys), ys, s=6, color="k", zorder=3)
   ax.set_xticks(x, cols)
-  ax.set_ylabel("linear-probe test accuracy (%)")
+  ax.set_ylabel("linear-probe test accuracy (%), mean ± std over pretraining seeds")
   ax.legend(fontsize=8, ncol=2)
   ax.grid(axis="y", alpha=0.3)
-  trained = [r for r in rows if r.get("sec_per_step")]
+  lo = min(100 * min(s["average"] for s in rows), *[100 * s[f"{t}_mean"] for s in rows
+                                                     for t in task_names])
+  ax.set_ylim(max(0.0, lo - 10), None)
+  trained = [r for r in summary if r.get("sec_per_step")]
   ax2.barh([r["model"] for r in trained], [r["sec_per_step"] for r in trained], color="0.7",
            label="step")
   ax2.barh([r["model"] for r in trained],
@@ -252,6 +329,16 @@ def _plot(path: str, rows: list[dict], task_names: list[str]) -> None:
   plt.close(fig)
 
 
+def parse_seeds(text: str) -> list[int]:
+  try:
+    seeds = [int(s) for s in text.split(",") if s.strip()]
+  except ValueError:
+    raise ValueError(f"--seeds {text!r}: expected comma-separated integers") from None
+  if not seeds or len(set(seeds)) != len(seeds):
+    raise ValueError(f"--seeds {text!r}: expected distinct comma-separated integers")
+  return seeds
+
+
 def main(argv: list[str] | None = None) -> int:
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--out", default=os.path.join(ROOT, "experiments", "strategy_comparison",
@@ -262,16 +349,19 @@ def main(argv: list[str] | None = None) -> int:
   p.add_argument("--strategies", default=",".join(STRATEGIES),
                  help=f"comma-separated subset of {','.join(STRATEGIES)}")
   p.add_argument("--steps", type=int, default=0, help="override the pretraining steps")
-  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--seeds", default="0,1,2",
+                 help="comma-separated pretraining seeds (default 0,1,2): every strategy is "
+                 "pretrained once per seed")
   p.add_argument("--data", help="pretrain on this prepared folder instead of synthetic audio")
   p.add_argument("--task", action="append", default=[], help="extra EVAR task CSV; repeatable")
   p.add_argument("--no-synthetic-tasks", action="store_true")
   p.add_argument("--probe-clips", type=int, default=0, help="clips of each synthetic task")
-  p.add_argument("--seeds", type=int, default=3, help="linear-probe seeds")
+  p.add_argument("--probe-seeds", type=int, default=3, help="linear-probe seeds")
   p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                  help="override any config field, e.g. --set model.depth=6")
   p.add_argument("--no-reuse", action="store_true",
-                 help="retrain even if OUT/runs/<strategy> holds a finished run of this config")
+                 help="retrain even if OUT/runs/<strategy>/seed<S> holds a finished run of this "
+                 "config")
   args = p.parse_args(argv)
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s",
                       datefmt="%H:%M:%S", force=True)
@@ -282,8 +372,11 @@ def main(argv: list[str] | None = None) -> int:
   unknown = sorted(set(strategies) - set(STRATEGIES))
   if unknown or not strategies:
     p.error(f"unknown strategies {unknown}; valid: {', '.join(STRATEGIES)}")
+  try:
+    seeds = parse_seeds(args.seeds)
+  except ValueError as e:
+    p.error(str(e))
   base = base_config(args.scale)
-  base.seed = args.seed
   if args.steps:
     base.total_steps = args.steps
   if args.data:
@@ -298,12 +391,13 @@ def main(argv: list[str] | None = None) -> int:
   task_names = [t.name for t in tasks]
   log.info("task suite: %s", ", ".join(map(repr, tasks)))
 
+  from dwm_jax.data.pipeline import with_run_stats
   from dwm_jax.evaluate.encoder import load_encoder, random_encoder
   from dwm_jax.evaluate.probe import evaluate_tasks
   from dwm_jax.evaluate.run import average
 
-  def row(model, results, **extra):
-    r = {"model": model, "average": average(results), **extra}
+  def row(model, seed, results, **extra):
+    r = {"model": model, "seed": seed, "average": average(results), **extra}
     for t in task_names:
       r[f"{t}_mean"], r[f"{t}_std"] = results[t]["mean"], results[t]["std"]
     return r
@@ -315,39 +409,51 @@ def main(argv: list[str] | None = None) -> int:
              f"{m.get('depth') or 'default'}) on {tuple(m.input_shape)} log-mel, "
              f"{base.objective.name.upper()} objective, "
              f"mask ratio {base.mask.ratio}, hint schedule from epoch {base.mask.hint.start_epoch}"
-             f" (k={base.mask.hint.k}), batch {base.batch_size}, {steps} steps, seed {args.seed}; "
-             f"data: {args.data or f'synthetic ({base.data.synthetic.num_clips} clips)'}; probe: "
-             f"{len(tasks)} tasks, {args.seeds} seeds; total {time.perf_counter() - t0:.0f} s")
-    return {"setup": setup, "strategies": strategies, "tasks": task_names, "scale": args.scale,
+             f" (k={base.mask.hint.k}), batch {base.batch_size}, {steps} steps, pretraining "
+             f"seeds {seeds}; data: "
+             f"{args.data or f'synthetic ({base.data.synthetic.num_clips} clips)'}; probe: "
+             f"{len(tasks)} tasks, {args.probe_seeds} probe seeds; total "
+             f"{time.perf_counter() - t0:.0f} s")
+    return {"setup": setup, "strategies": strategies, "seeds": seeds, "tasks": task_names,
+            "scale": args.scale, "seconds": time.perf_counter() - t0,
             "argv": list(argv if argv is not None else sys.argv[1:])}
 
-  # Baselines first; results are rewritten after every strategy, so a long run that is cut short
-  # still leaves the strategies it finished.
-  from dwm_jax.data.pipeline import norm_stats
-  mean, std = norm_stats(base.data)  # the normalisation the pretrained encoders are exported with
-  rnd = random_encoder(base.model, seed=args.seed, norm_mean=mean, norm_std=std)
-  baselines = [row("random-init encoder", evaluate_tasks(rnd, tasks, seeds=args.seeds)),
-               row("log-mel statistics", evaluate_tasks("logmel", tasks, seeds=args.seeds))]
-  rows = []
-  for s in strategies:
-    cfg = strategy_config(base, s)
-    workdir = os.path.join(args.out, "runs", s)
-    log.info("== %s: pretraining in %s", s, workdir)
-    rec = pretrain(cfg, workdir, reuse=not args.no_reuse)
-    # Steady-state step time (compilation excluded) when the run logged a rate.
-    per_step = (rec["batch_size"] / rec["clips_per_sec"] if rec.get("clips_per_sec")
-                else rec["train_seconds"] / max(1, rec["steps"]))
-    mask_s = mask_seconds(cfg, workdir)
-    encoder = load_encoder(workdir)
-    res = evaluate_tasks(encoder, tasks, seeds=args.seeds,
-                         cache_dir=os.path.join(args.out, "probe_cache"))
-    rows.append(row(LABELS[s], res, strategy=s, pretrain_seconds=rec["pretrain_seconds"],
-                    sec_per_step=per_step, mask_ms=1e3 * mask_s, mask_share=mask_s / per_step,
-                    final_loss=rec["final_loss"], steps=rec["steps"]))
-    log.info("%s: average %.1f%%, %.0f s pretraining, mask share %.1f%%", s,
-             100 * rows[-1]["average"], rec["pretrain_seconds"], 100 * mask_s / per_step)
-    write_outputs(args.out, rows + baselines, task_names, meta(rec["steps"]))
-  print(f"wrote {args.out}/results.csv, results.md, results.json, results.png")
+  # Results are rewritten after every run, so a long run that is cut short still leaves the
+  # runs it finished. Baselines: log-mel statistics once, a random-init encoder per seed.
+  logmel = evaluate_tasks("logmel", tasks, seeds=args.probe_seeds)
+  rows, baselines, steps = [], [], base.total_steps
+  for seed in seeds:
+    seeded = base.copy_and_resolve_references()
+    seeded.seed = seed
+    # The normalisation the pretrained encoders use (data.stats_crops computes it per run).
+    stats = with_run_stats(seeded, os.path.join(args.out, "runs"), write=False).data
+    rnd = random_encoder(base.model, seed=seed, norm_mean=float(stats.norm_mean),
+                         norm_std=float(stats.norm_std))
+    baselines.append(row("random-init encoder", seed, evaluate_tasks(
+        rnd, tasks, seeds=args.probe_seeds)))
+    baselines.append(row("log-mel statistics", seed, logmel))
+    for s in strategies:
+      cfg = strategy_config(seeded, s)
+      workdir = os.path.join(args.out, "runs", s, f"seed{seed}")
+      log.info("== %s, seed %d: pretraining in %s", s, seed, workdir)
+      rec = pretrain(cfg, workdir, reuse=not args.no_reuse)
+      # Steady-state step time (compilation excluded) when the run logged a rate.
+      per_step = (rec["batch_size"] / rec["clips_per_sec"] if rec.get("clips_per_sec")
+                  else rec["train_seconds"] / max(1, rec["steps"]))
+      mask_s = mask_seconds(cfg, workdir)
+      encoder = load_encoder(workdir)
+      res = evaluate_tasks(encoder, tasks, seeds=args.probe_seeds,
+                           cache_dir=os.path.join(args.out, "probe_cache"))
+      rows.append(row(LABELS[s], seed, res, strategy=s, pretrain_seconds=rec["pretrain_seconds"],
+                      sec_per_step=per_step, mask_ms=1e3 * mask_s,
+                      mask_share=mask_s / per_step, final_loss=rec["final_loss"],
+                      steps=rec["steps"]))
+      steps = rec["steps"]
+      log.info("%s seed %d: average %.1f%%, %.0f s pretraining, mask share %.1f%%", s, seed,
+               100 * rows[-1]["average"], rec["pretrain_seconds"], 100 * mask_s / per_step)
+      write_outputs(args.out, rows + baselines, task_names, meta(steps))
+  print(f"wrote {args.out}/results.csv, results_seeds.csv, results.md, results.json, "
+        f"results.png ({time.perf_counter() - t0:.0f} s)")
   return 0
 
 

@@ -31,6 +31,19 @@ def test_m2d_has_the_papers_setup():
   assert c.data.source == "npy"
 
 
+@pytest.mark.parametrize("spec", ["configs/m2d.py", "configs/mae.py", None])
+def test_the_authors_training_defaults(spec):
+  """M2D's train_audio.py / models_mae.py values (MAE's audio script shares them); None: the
+  schema's own defaults (base_config), which document the paper's M2D setup."""
+  from dwm_jax.config import base_config
+  c = base_config() if spec is None else load(spec)
+  assert c.optim.clip_norm == 3.0 and c.optim.decay_groups == "timm"
+  assert (c.optim.weight_decay, c.optim.b1, c.optim.b2) == (0.05, 0.9, 0.95)
+  assert c.objective.norm_pix_loss and c.objective.ema_schedule == "linear"
+  assert c.objective.target_init == "independent"
+  assert c.data.stats_crops == 5000 and not c.data.stats
+
+
 @pytest.mark.parametrize("preset,name,options", [
     ("random", "random", {}), ("dwm", "dwm", {"metric": "mad"}),
     ("dwm_var", "dwm", {"metric": "variance"}), ("dwm_topk", "dwm", {"probabilistic": False}),
@@ -68,6 +81,8 @@ def test_quickstart_is_valid_and_small():
   c = load("configs/quickstart.py")
   validate(c, device_count=1, process_count=1)
   assert c.data.source == "synthetic" and c.model.name == "tiny" and c.probe.after_pretrain
+  # Its measured recipe: no clipping, kernels-only decay, the fixed -7.1 / 4.2 normalization.
+  assert (c.optim.clip_norm, c.optim.decay_groups, c.data.stats_crops) == (0.0, "kernels", 0)
 
 
 def test_command_line_overrides_any_field():
