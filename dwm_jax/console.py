@@ -16,10 +16,35 @@ from dwm_jax import faults
 QUIET = ("absl", "orbax", "jax._src", "grain", "fsspec", "gcsfs")
 
 
+class _StderrHandler(logging.StreamHandler):
+  """Writes to whatever ``sys.stderr`` is at each record, not the stream of the first call: a
+  command called in-process (tests, notebooks) whose caller swaps or closes stderr afterwards
+  never logs into a closed file."""
+
+  def __init__(self):
+    super().__init__(sys.stderr)
+
+  @property
+  def stream(self):
+    return sys.stderr
+
+  @stream.setter
+  def stream(self, value):
+    del value
+
+
 def setup_logging(level: str = "info") -> None:
-  logging.basicConfig(level=getattr(logging, level.upper()),
-                      format="%(asctime)s %(levelname).1s %(name)s] %(message)s",
-                      datefmt="%H:%M:%S", force=True)
+  handler = _StderrHandler()
+  handler.setFormatter(logging.Formatter("%(asctime)s %(levelname).1s %(name)s] %(message)s",
+                                         datefmt="%H:%M:%S"))
+  root = logging.getLogger()
+  # Replace console handlers (ours from an earlier call, a plain stderr one, absl's), not the
+  # ones a host program installed for itself (pytest's log capture, a notebook's).
+  for old in list(root.handlers):
+    if type(old) in (logging.StreamHandler, _StderrHandler) or type(old).__name__ == "ABSLHandler":
+      root.removeHandler(old)
+  root.addHandler(handler)
+  root.setLevel(getattr(logging, level.upper()))
   # Orbax and absl report every save at INFO; keep the console to our progress lines.
   for name in QUIET:
     logging.getLogger(name).setLevel(max(logging.WARNING, getattr(logging, level.upper())))

@@ -41,8 +41,6 @@ CASES = [
     (_set(model__heads=5), "model.heads: width 768 is not divisible by 5 heads"),
     (_set(model__dtype="float16"), "model.dtype: unknown dtype 'float16'"),
     (_set(model__remat=None), "model.remat: must be true or false, got None"),
-    (_set(objective__ema_schedule="step"),
-     "objective.ema_schedule: unknown EMA schedule 'step'; valid: cosine, linear"),
     (_set(objective__name="byol"), "objective.name: unknown objective 'byol'; valid: m2d, mae"),
     (_set(objective__predictor_heads=7), "objective.predictor_heads: predictor_dim 512 is not "
      "divisible by 7 heads"),

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dwm_jax import console
 from dwm_jax.data import audio_io
 from dwm_jax.data.log_mel import LogMelSpec, log_mel
 from dwm_jax.data.stats import RunningStats, save_stats
@@ -185,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
                  help="files whose peak-to-peak amplitude is at most this are skipped as silent")
   p.add_argument("--no-progress", action="store_true")
   args = p.parse_args(argv)
-  logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+  console.setup_logging("warning")
   report = prepare(args.src_dir, args.out_dir, workers=args.workers, dtype=args.dtype,
                    min_seconds=args.min_seconds, silence=args.silence,
                    progress=not args.no_progress)

@@ -15,6 +15,7 @@ import logging
 import os
 import sys
 
+from dwm_jax import console
 from dwm_jax.evaluate import torch_checkpoint as tc
 
 log = logging.getLogger(__name__)
@@ -82,7 +83,7 @@ def export_checkpoint(encoder_path: str, out: str) -> str:
 
 
 def _setup_logging() -> None:
-  logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+  console.setup_logging("info")
 
 
 def import_main(argv: list[str] | None = None) -> int:

@@ -11,7 +11,7 @@ from dwm_jax.evaluate.encoder import random_encoder
 from dwm_jax.evaluate.finetuning import config as ft_config
 from dwm_jax.evaluate.finetuning import model, optim
 from dwm_jax.evaluate.torch_checkpoint import encoder_to_state
-from dwm_jax.train.optimizer import decay_mask
+from dwm_jax.evaluate.finetuning.optim import decay_mask
 
 from tests.evaluate.conftest import tiny_model_cfg
 

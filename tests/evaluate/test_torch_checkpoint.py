@@ -2,6 +2,7 @@
 import argparse
 import logging
 import os
+import re
 
 import jax
 import numpy as np
@@ -252,8 +253,11 @@ def test_legacy_export_files_keep_their_table(tmp_path, tiny_encoder):
 # ------------------------------------------------------------------ refusals: exit 2, one message
 def _refused(capsys, *args) -> str:
   assert import_torch(*args) == 2
-  err = capsys.readouterr().err.strip()
-  assert err.startswith("dwm-jax import-torch: error: ") and "\n" not in err, err
+  *progress, err = capsys.readouterr().err.strip().splitlines()
+  # Before the refusal only the command's own progress lines (what it read), no traceback.
+  assert all(re.match(r"\d\d:\d\d:\d\d I dwm_jax\.evaluate\.torch_cli\] ", line)
+             for line in progress), progress
+  assert err.startswith("dwm-jax import-torch: error: "), err
   return err
 
 

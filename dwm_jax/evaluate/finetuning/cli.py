@@ -13,7 +13,6 @@ task, or a step that cannot fit in device memory.
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import sys
@@ -23,7 +22,7 @@ from typing import Sequence
 from absl import flags
 from ml_collections import config_flags
 
-from dwm_jax import validate
+from dwm_jax import console, validate
 
 log = logging.getLogger("dwm_jax.finetune")
 PROG = "dwm-jax finetune"
@@ -85,30 +84,6 @@ def _unknown_field(error: str, argv: list[str]) -> str:
   return f"unknown config field {', '.join(bad) or error} ({error})"
 
 
-@contextlib.contextmanager
-def _console_logging(level: str):
-  """Log lines to stderr during one ``main`` call; the handler and levels go away after it (a
-  CLI called in-process, as the tests do, leaves the caller's logging as it found it)."""
-  root = logging.getLogger()
-  handler = logging.StreamHandler()
-  handler.setFormatter(logging.Formatter("%(asctime)s %(levelname).1s %(name)s] %(message)s",
-                                         datefmt="%H:%M:%S"))
-  lvl = getattr(logging, level.upper())
-  noisy = {n: logging.getLogger(n).level for n in ("absl", "orbax", "jax._src", "grain")}
-  old = root.level
-  root.addHandler(handler)
-  root.setLevel(lvl)
-  for name in noisy:  # their per-save INFO lines
-    logging.getLogger(name).setLevel(max(logging.WARNING, lvl))
-  try:
-    yield
-  finally:
-    root.removeHandler(handler)
-    root.setLevel(old)
-    for name, value in noisy.items():
-      logging.getLogger(name).setLevel(value)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
   """``dwm-jax finetune ...`` (see the module docstring); returns the exit status."""
   argv = list(sys.argv[1:] if argv is None else argv)
@@ -120,8 +95,8 @@ def main(argv: Sequence[str] | None = None) -> int:
       msg = _unknown_field(msg, argv)
     print(f"{PROG}: {msg}\n{USAGE}", file=sys.stderr)
     return 2
-  with _console_logging(fv.log_level):
-    return _run(fv, config)
+  console.setup_logging(fv.log_level)
+  return _run(fv, config)
 
 
 def _run(fv: flags.FlagValues, config) -> int:

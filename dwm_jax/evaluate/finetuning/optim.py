@@ -16,7 +16,13 @@ import ml_collections
 import optax
 
 from dwm_jax.evaluate.finetuning import model
-from dwm_jax.train.optimizer import decay_mask
+from dwm_jax.train import optimizer
+
+
+def decay_mask(params):
+  # MAE's and timm's fine-tuning exempt cls / pos tokens (`no_weight_decay()`) besides 1-D
+  # parameters; pretraining's timm grouping decays the cls token.
+  return optimizer.decay_mask(params, "kernels")
 
 
 def _adamw(o: ml_collections.ConfigDict, lr: optax.Schedule) -> optax.GradientTransformation:
