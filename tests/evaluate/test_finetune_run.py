@@ -262,3 +262,25 @@ def test_bad_config_exits_2_naming_the_field(dataset, export, tmp_path, capsys, 
 def test_missing_source_is_a_usage_error(tmp_path, capsys):
   assert cli.main(["--task", "x.csv", "--out", str(tmp_path)]) == 2
   assert "exactly one of --workdir and --encoder" in capsys.readouterr().err
+
+
+def test_bucket_encoder_and_output_match_the_local_run(gcs, dataset, export, reference, capsys):
+  """The export read from a ``gs://`` bucket, checkpoints and results written there (a real
+  GCS-protocol server, ``tests/conftest.py:gcs``): the same scores as the local run."""
+  from dwm_jax import paths
+  bucket = gcs.make_bucket(f"finetune-{os.getpid()}")
+  remote_export = f"{bucket}/enc.msgpack"
+  paths.copy_file(export, remote_export)
+  out = f"{bucket}/ft"
+  res = ft_run.finetune(remote_export, [str(dataset / "event.csv")], out, config=tiny_config())
+  assert res == reference[0]
+  assert json.loads(paths.read_text(f"{out}/{ft_run.RESULTS_FILE}")) == reference[0]
+  assert "| event |" in paths.read_text(f"{out}/{ft_run.TABLE_FILE}")
+  assert "12" in paths.listdir(f"{out}/runs/event/seed_0/checkpoints")
+  rows = paths.read_text(f"{out}/runs/event/seed_0/metrics.jsonl").splitlines()
+  assert json.loads(rows[-1])["step"] >= 10
+  capsys.readouterr()
+  assert cli.main(["--encoder", remote_export, "--task", str(dataset / "event.csv"), "--out",
+                   "gs://no-such-bucket-ft/out"]) == 2
+  assert capsys.readouterr().err.strip().splitlines()[-1].startswith(
+      "dwm-jax finetune: bucket gs://no-such-bucket-ft ")

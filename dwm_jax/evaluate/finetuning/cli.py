@@ -14,7 +14,6 @@ task, or a step that cannot fit in device memory.
 from __future__ import annotations
 
 import logging
-import os
 import sys
 import time
 from typing import Sequence
@@ -22,7 +21,7 @@ from typing import Sequence
 from absl import flags
 from ml_collections import config_flags
 
-from dwm_jax import console, validate
+from dwm_jax import console, faults, paths, validate
 
 log = logging.getLogger("dwm_jax.finetune")
 PROG = "dwm-jax finetune"
@@ -118,8 +117,10 @@ def _run(fv: flags.FlagValues, config) -> int:
   except Preempted as e:
     log.warning("%s", e)
     return 0
-  with open(os.path.join(fv.out, TABLE_FILE)) as f:
-    print(f.read() + f"\n({time.perf_counter() - t0:.1f} s; {fv.out}/finetune.json)")
+  except faults.Fault as e:  # e.g. a bucket that is missing or refuses these credentials
+    return console.report_fault(PROG, e)
+  print(paths.read_text(paths.join(fv.out, TABLE_FILE))
+        + f"\n({time.perf_counter() - t0:.1f} s; {fv.out}/finetune.json)")
   return 0
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import collections
 import json
 import logging
-import os
 import time
 from typing import Any, Callable
 
@@ -26,6 +25,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
+from dwm_jax import paths
 from dwm_jax.evaluate import probe
 from dwm_jax.evaluate.encoder import Encoder
 from dwm_jax.evaluate.finetuning import data, model
@@ -155,18 +155,14 @@ def probe_head(evaluator: Evaluator, encoder_params: Any, splits: data.Splits,
 
 
 def write_json(path: str, obj: Any) -> None:
-  """Atomic JSON write (temp file + rename)."""
-  tmp = f"{path}.tmp-{os.getpid()}"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=2)
-  os.replace(tmp, path)
+  """Atomic JSON write, local or in a bucket (:func:`dwm_jax.paths.write_text`)."""
+  paths.write_text(path, json.dumps(obj, indent=2))
 
 
 def read_result(workdir: str) -> dict | None:
   """The finished run's result, or None."""
   try:
-    with open(os.path.join(workdir, RESULT_FILE)) as f:
-      return json.load(f)
+    return json.loads(paths.read_text(paths.join(workdir, RESULT_FILE)))
   except (OSError, ValueError):
     return None
 
@@ -183,7 +179,7 @@ def run(setup: FinetuneSetup, compiled: Any, evaluator: Evaluator, encoder: Enco
   (the tests interrupt runs with it).
   """
   mesh = evaluator.mesh
-  workdir = os.path.abspath(workdir)
+  workdir = paths.absolute(workdir)
   config = setup.config
   done = read_result(workdir)
   if done is not None and done.get("score") is not None:
@@ -225,7 +221,9 @@ def run(setup: FinetuneSetup, compiled: Any, evaluator: Evaluator, encoder: Enco
     log.info("resumed from step %d of %s", start, ckpt.checkpoint_dir(workdir))
   host_key, key = key, mesh_lib.put_replicated(key, mesh)
 
-  writer = metrics_log.JsonlWriter(os.path.join(workdir, metrics_log.METRICS_FILE))
+  # metrics.jsonl only (one TensorBoard run per task and seed would be noise); in a bucket
+  # workdir it is staged locally and uploaded at each log step, as pretraining's.
+  writer = metrics_log.make_writer(workdir, is_primary=True, tensorboard=False)
   progress = metrics_log.Progress(setup.total_steps, setup.batch_size)
   snap = snapshot_best(mesh)
   spe = setup.steps_per_epoch
@@ -306,7 +304,7 @@ def run(setup: FinetuneSetup, compiled: Any, evaluator: Evaluator, encoder: Enco
     log.warning("stopped by %s at step %d; rerun to resume", stop.signal_name, step)
     return result
   result["score"], _ = evaluate(evaluator, state.best_params, state.best_stats, splits.test)
-  write_json(os.path.join(workdir, RESULT_FILE), result)
+  write_json(paths.join(workdir, RESULT_FILE), result)
   log.info("test %s %.4f (best valid epoch %.2f)", result["metric"], result["score"],
            result["best_epoch"])
   return result

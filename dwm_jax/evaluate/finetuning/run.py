@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from typing import Any, Callable, Sequence
 
 import jax
 import ml_collections
 import numpy as np
 
+from dwm_jax import paths
 from dwm_jax.data import labeled
 from dwm_jax.evaluate.encoder import Encoder, load_encoder
 from dwm_jax.evaluate.finetuning import config as config_lib
@@ -69,6 +69,9 @@ def finetune(encoder: Encoder | str, tasks: Sequence[str | labeled.Task], out: s
     raise ValueError("fine-tuning runs in one process (on all its local devices); "
                      f"this is process {jax.process_index()} of {jax.process_count()}")
   config_lib.validate(config, device_count=n_dev)
+  if isinstance(encoder, str):
+    paths.check_bucket(encoder)  # a bad bucket fails before anything is loaded or compiled
+  paths.check_writable(out)
   label = title or (encoder if isinstance(encoder, str) else "encoder")
   if isinstance(encoder, str):
     encoder = load_encoder(encoder)
@@ -89,7 +92,7 @@ def finetune(encoder: Encoder | str, tasks: Sequence[str | labeled.Task], out: s
       log.warning("task %s: %d files skipped when loading: %s", t.name, sum(t.skipped.values()),
                   t.skipped)
 
-  os.makedirs(out, exist_ok=True)
+  paths.makedirs(out)
   ckpt.write_config(out, config)
   mesh = mesh_lib.data_mesh()
   seed_list = [int(config.seed) + i for i in range(int(config.seeds))]
@@ -111,7 +114,7 @@ def finetune(encoder: Encoder | str, tasks: Sequence[str | labeled.Task], out: s
       splits = split0 if s == seed_list[0] or not split0.held_out else data.split_task(task, s)
       hook = (lambda n, _t=task.name, _s=s: on_step(_t, _s, n)) if on_step else None
       r = loop.run(setup, compiled, evaluator, encoder, splits,
-                   os.path.join(out, "runs", task.name, f"seed_{s}"), s, on_step=hook)
+                   paths.join(out, "runs", task.name, f"seed_{s}"), s, on_step=hook)
       if r["preempted"]:
         raise loop.Preempted(f"stopped by a signal in task {task.name}, seed {s}, at step "
                              f"{r['steps']} (checkpoint saved); rerun the same command to resume")
@@ -119,8 +122,7 @@ def finetune(encoder: Encoder | str, tasks: Sequence[str | labeled.Task], out: s
     per_seed[task.name] = scores
     results[task.name] = _summary(scores, "mAP" if task.multilabel else "accuracy")
   table = markdown_table(results, title=f"Fine-tuning: {label}")
-  loop.write_json(os.path.join(out, RESULTS_FILE), results)
-  with open(os.path.join(out, TABLE_FILE), "w") as f:
-    f.write(table)
+  loop.write_json(paths.join(out, RESULTS_FILE), results)
+  paths.write_text(paths.join(out, TABLE_FILE), table)
   log.info("per-seed test scores: %s", json.dumps(per_seed))
   return results
