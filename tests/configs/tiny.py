@@ -18,7 +18,6 @@ def get_config(arg: str | None = None):
   c.data.synthetic.num_clips = 32
   c.data.synthetic.seconds = 0.8  # 81 frames: the 64-frame crops (input_shape[1]) vary
   c.data.prefetch = 1
-  c.data.stats_crops = 0  # fixed statistics; the computed ones: tests/train/test_run_stats.py
   c.batch_size = 8                # 4 per device on the tests' 2 CPU devices
   c.epochs = 2                    # 4 steps per epoch -> 8 steps
   c.optim.base_lr = 1e-3

@@ -47,6 +47,7 @@ def test_png_shows_the_mask_the_step_trained_on_and_the_step_compiles_once(tmp_p
   # Recompute step 5's mask independently: the run's key folded with the step, its hint, the
   # first clip of the sixth batch of the same data pipeline (dwm reads no parameters).
   setup = setup_lib.build(config, pipeline.dataset_size(config.data))
+  config = pipeline.with_run_stats(config, workdir, write=False)  # the statistics it recorded
   it = iter(pipeline.make_pretrain_loader(config.data, input_shape=setup.input_shape,
                                           global_batch_size=setup.batch_size, seed=0))
   batches = [next(it) for _ in range(6)]
