@@ -335,9 +335,9 @@ QUICKSTART = [
       **Reading the result.** The random-init encoder is the baseline any pretraining has to clear:
       the same architecture and the same linear probe, only without training; log-mel statistics
       (per-bin mean and std) are the no-network baseline. One run of the unchanged
-      `configs/quickstart.py` on an idle 2-core CPU machine (3 minutes in all) probed at
-      59.3 / 83.0 / 64.4 % (event / pitch / timbre, 3 seeds, average 68.9) against
-      56.0 / 82.5 / 61.8 % (66.8) for the random-init encoder and 56.6 / 80.7 / 58.8 % (65.4) for
+      `configs/quickstart.py` on a 2-core CPU machine (3 minutes in all) probed at
+      57.2 / 83.3 / 68.6 % (event / pitch / timbre, 3 seeds, average 69.7) against
+      55.6 / 83.6 / 60.6 % (66.6) for the random-init encoder and 56.6 / 80.7 / 58.8 % (65.4) for
       log-mel statistics: a small but consistent margin (MAE beat random init for each of 3 seeds
       tried; the README lists the runs). Random features are a strong baseline on these simple
       synthetic tasks, and the paper's M2D objective does not clear it in 160 CPU steps. The run
