@@ -272,3 +272,21 @@ def test_unreachable_endpoint_fails_at_once_with_one_line(tmp_path):
   assert last.startswith(f"dwm-jax pretrain: cannot reach the storage endpoint {dead} (set by "
                          "STORAGE_EMULATOR_HOST or TENSORSTORE_GCS_HTTP_URL): "
                          "ConnectionRefusedError: "), last
+
+
+def test_grain_workers_read_the_bucket_as_the_main_process_reads_disk(data):
+  """Two grain worker processes, each with its own client built from the inherited emulator
+  variables, yield the batches the in-process pipeline yields from local files."""
+  from dwm_jax.data import pipeline
+
+  def batches(files: dict, workers: int) -> list[np.ndarray]:
+    c = _config(files)
+    c.data.num_workers = workers
+    loader = pipeline.make_pretrain_loader(c.data, input_shape=tuple(c.model.input_shape),
+                                           global_batch_size=8, seed=3)
+    it = iter(loader)
+    return [np.asarray(next(it)["logmel"]) for _ in range(5)]
+
+  local, remote = batches(data["local"], 0), batches(data["remote"], 2)
+  for a, b in zip(local, remote):
+    np.testing.assert_array_equal(a, b)
