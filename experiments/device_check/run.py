@@ -178,7 +178,7 @@ def main(argv=None) -> int:
                  "--repeats", "2", "--host-repeats", "1", "--hints", "0", "--metrics", "mad",
                  "--no-pieces", "--no-authors"]
     loop_args = ["--sizes", "quickstart", "--batch", "4", "--steps", "3", "--rounds", "1",
-                 "--warmup", "1"]
+                 "--warmup", "3"]
   else:
     model, per_device, frames, dtype, mm_n = "base", a.batch_per_device, 608, "bfloat16", 8192
     mask_args = ["--batch-sizes", "256,2048", "--grids", "5x38"]
