@@ -12,8 +12,6 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from dwm_jax.data import synthetic
-from dwm_jax.evaluate.encoder import save_encoder
 from dwm_jax.evaluate.finetuning import cli, loop
 from dwm_jax.evaluate.finetuning import config as ft_config
 from dwm_jax.evaluate.finetuning import run as ft_run
@@ -21,19 +19,6 @@ from dwm_jax.evaluate.finetuning import step as ft_step
 from tests.train.conftest import cache_dir, compile_cache  # noqa: F401 (fixtures)
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("compile_cache")]
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-  """40 one-second synthetic clips (101 frames: crops of the 64-frame window, 2 eval windows)."""
-  return synthetic.write_dataset(tmp_path_factory.mktemp("synth"), 40, seed=3, seconds=1.0)
-
-
-@pytest.fixture(scope="module")
-def export(tmp_path_factory, tiny_encoder):
-  path = tmp_path_factory.mktemp("enc") / "enc.msgpack"
-  return save_encoder(str(path), model_cfg=tiny_encoder.model_cfg, params=tiny_encoder.params,
-                      norm_mean=tiny_encoder.norm_mean, norm_std=tiny_encoder.norm_std)
 
 
 def tiny_config(**fields):

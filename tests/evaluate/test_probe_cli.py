@@ -4,22 +4,7 @@ import os
 
 import pytest
 
-from dwm_jax.data import synthetic
 from dwm_jax.evaluate import probe_cli
-from dwm_jax.evaluate.encoder import save_encoder
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-  """40 one-second synthetic clips as WAV + the event/pitch/timbre EVAR CSVs."""
-  return synthetic.write_dataset(tmp_path_factory.mktemp("synth"), 40, seed=3, seconds=1.0)
-
-
-@pytest.fixture(scope="module")
-def export(tmp_path_factory, tiny_encoder):
-  path = tmp_path_factory.mktemp("enc") / "enc.msgpack"
-  return save_encoder(str(path), model_cfg=tiny_encoder.model_cfg, params=tiny_encoder.params,
-                      norm_mean=tiny_encoder.norm_mean, norm_std=tiny_encoder.norm_std)
 
 
 def _rows(path):
