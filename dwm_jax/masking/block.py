@@ -35,6 +35,7 @@ from dwm_jax.masking.registry import register
 from dwm_jax.patching import Grid
 
 ATTEMPTS = 10  # per block call, as in BEiT
+CHUNK = 16     # attempts whose noise is drawn at once
 
 
 def beit_blocks(key: jax.Array, batch: int, grid: Grid, num_masked: int | jnp.ndarray, *,
@@ -64,13 +65,18 @@ def _beit_blocks(key: jax.Array, num_masked: jnp.ndarray, *, batch: int, grid: G
   max_patches = num_masked if max_num_patches is None else jnp.int32(max_num_patches)
   log_lo, log_hi = log_aspect
   height, width = grid.freq, grid.time
-  rows = jnp.arange(height)[None, :, None]
-  cols = jnp.arange(width)[None, None, :]
+  words = -(-width // 32)
+  rows = jnp.arange(height)[None, :]                                   # [1, H]
+  word_start = (32 * jnp.arange(words))[None, :]                       # [1, W32]
 
-  def attempt(state):
+  def low_bits(m):  # m in [0, 32] -> uint32 with the m low bits set
+    m = m.astype(jnp.uint32)
+    return jnp.where(m >= 32, jnp.uint32(0xFFFFFFFF),
+                     (jnp.uint32(1) << jnp.minimum(m, 31)) - jnp.uint32(1))
+
+  def attempt(state, noise):
     step, key, mask, count, fails, done = state
-    key, sub = jax.random.split(key)
-    u_area, u_aspect, u_top, u_left = ops.uniform_noise(sub, (4, batch))
+    u_area, u_aspect, u_top, u_left = noise
     max_mask = jnp.minimum(num_masked - count, max_patches).astype(jnp.float32)
     area = min_num_patches + (max_mask - min_num_patches) * u_area
     aspect = jnp.exp(log_lo + (log_hi - log_lo) * u_aspect)
@@ -79,12 +85,16 @@ def _beit_blocks(key: jax.Array, num_masked: jnp.ndarray, *, batch: int, grid: G
     fits = (w < width) & (h < height)
     top = jnp.floor(u_top * jnp.maximum(height - h + 1, 1)).astype(jnp.int32)
     left = jnp.floor(u_left * jnp.maximum(width - w + 1, 1)).astype(jnp.int32)
-    top, left, h, w = (v[:, None, None] for v in (top, left, h, w))
-    rect = (rows >= top) & (rows < top + h) & (cols >= left) & (cols < left + w)
-    new = rect & ~mask
-    n_new = jnp.sum(new, axis=(1, 2))
+    top, left, h, w = (v[:, None] for v in (top, left, h, w))
+    # The rectangle as bit rows: columns [left, left + w) of each 32-column word, on the rows
+    # [top, top + h). Popcounts on [B, H, W/32] words instead of compares on [B, H, W] bools.
+    cols = (low_bits(jnp.clip(left + w - word_start, 0, 32))
+            & ~low_bits(jnp.clip(left - word_start, 0, 32)))               # [B, W32]
+    in_rows = (rows >= top) & (rows < top + h)                           # [B, H]
+    new = jnp.where(in_rows[:, :, None], cols[:, None, :], jnp.uint32(0)) & ~mask
+    n_new = jnp.sum(jax.lax.population_count(new), axis=(1, 2), dtype=jnp.int32)
     ok = ~done & fits & (n_new > 0) & (n_new <= max_mask)
-    mask = mask | (new & ok[:, None, None])
+    mask = mask | jnp.where(ok[:, None, None], new, jnp.uint32(0))
     count = count + jnp.where(ok, n_new, 0)
     fails = jnp.where(ok, 0, fails + (~done).astype(jnp.int32))
     done = done | (count >= num_masked) | (fails >= ATTEMPTS)
@@ -94,11 +104,27 @@ def _beit_blocks(key: jax.Array, num_masked: jnp.ndarray, *, batch: int, grid: G
     step, *_, done = state
     return (step < ATTEMPTS * (num_masked + 1)) & ~jnp.all(done)
 
+  def chunk(state):
+    # The noise of CHUNK attempts in one draw: a PRNG call per attempt cost more than the
+    # attempt itself (measured, experiments/mask_cost/README.md).
+    step, key, *rest = state
+    key, sub = jax.random.split(key)
+    noise = ops.uniform_noise(sub, (CHUNK, 4, batch))
+    first = step
+
+    def more(inner):
+      return running(inner) & (inner[0] < first + CHUNK)
+
+    return jax.lax.while_loop(
+        more, lambda inner: attempt(inner, noise[inner[0] - first]), (step, key, *rest))
+
   zeros = jnp.zeros((batch,), jnp.int32)
-  init = (jnp.int32(0), key, jnp.zeros((batch, height, width), bool), zeros, zeros,
+  init = (jnp.int32(0), key, jnp.zeros((batch, height, words), jnp.uint32), zeros, zeros,
           jnp.zeros((batch,), bool))
-  _, _, mask, *_ = jax.lax.while_loop(running, attempt, init)
-  return mask.reshape(batch, grid.num_patches)
+  _, _, bits, *_ = jax.lax.while_loop(running, chunk, init)
+  col = jnp.arange(width)
+  mask = (bits[:, :, col // 32] >> (col % 32).astype(jnp.uint32)) & jnp.uint32(1)
+  return mask.astype(bool).reshape(batch, grid.num_patches)
 
 
 @register("block", min_num_patches=4, max_num_patches=None, min_aspect=0.3, max_aspect=None)
@@ -118,5 +144,5 @@ def block_masking(key: jax.Array, patches: jnp.ndarray, *, grid: Grid, num_maske
   blocks = beit_blocks(k_blocks, b, grid, num_masked, min_num_patches=min_num_patches,
                        max_num_patches=max_num_patches, min_aspect=min_aspect,
                        max_aspect=max_aspect)
-  mask = ops.fill_with_noise(ops.uniform_noise(k_fill, (b, n)), blocks, num_masked)
+  mask = ops.fill_with_bits(ops.random_bits(k_fill, (b, n)), blocks, num_masked)
   return hint_swap(k_hint, mask, num_masked, hint)

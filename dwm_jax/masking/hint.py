@@ -13,7 +13,7 @@ which ``n`` were revealed), and given ``j`` the result holds a uniform ``(K - n 
 masked patches and a uniform ``(n - j)``-subset of the visible ones, independently (every
 outcome with the same ``j`` is equally likely under the two-step swap). So: draw ``j`` by inverse
 CDF from a float64 table computed at trace time (one row per possible ``n``, float32 only in its
-rounding), then one radix selection that keeps the two uniform subsets (``ops.split_top_k_mask``).
+rounding), then one radix selection that keeps the two uniform subsets (``ops.split_top_k_keys``).
 """
 from __future__ import annotations
 
@@ -57,11 +57,12 @@ def overlap_cdf(num_patches: int, num_masked: int) -> np.ndarray:
 
 def _swap(key: jax.Array, mask: jnp.ndarray, num_masked: int, n_swap: jnp.ndarray) -> jnp.ndarray:
   b, n = mask.shape
-  u_order, u_count = jnp.split(ops.uniform_noise(key, (b, n + 1)), [n], axis=1)
+  order, count_bits = jnp.split(ops.random_bits(key, (b, n + 1)), [n], axis=1)
+  u_count = ops.bits_to_uniform(count_bits)
   cdf = jnp.asarray(overlap_cdf(n, num_masked))[n_swap]                  # [K + 1]
   # Inverse CDF: j = #{i : P(j <= i) <= u}; the last column is exactly 1 > u.
   j = jnp.sum(cdf[None, :] <= u_count, axis=-1, dtype=jnp.int32)         # [B]
-  return ops.split_top_k_mask(u_order, mask, num_masked - n_swap + j, n_swap - j)
+  return ops.split_top_k_keys(order, mask, num_masked - n_swap + j, n_swap - j)
 
 
 def hint_swap(key: jax.Array, mask: jnp.ndarray, num_masked: int,

@@ -88,9 +88,10 @@ def inverse_block_masking(key: jax.Array, patches: jnp.ndarray, *, grid: Grid, n
     raise ValueError(f"inverse_block adjust={adjust} gives a negative block count at keep "
                      f"probability {p}")
   k_draw, k_hint = jax.random.split(key)
-  u_centres, u_fill = ops.uniforms(k_draw, b, n_centres, n)
-  blocks = blocks_from_centres(uniform_centres(u_centres, n), grid, block_size)
-  mask = ~ops.fill_with_noise(u_fill, blocks, n_keep)
+  bits_centres, bits_fill = ops.draws(k_draw, b, n_centres, n)
+  blocks = blocks_from_centres(uniform_centres(ops.bits_to_uniform(bits_centres), n), grid,
+                               block_size)
+  mask = ~ops.fill_with_bits(bits_fill, blocks, n_keep)
   if full_hint:
     return hint_swap(k_hint, mask, num_masked, hint)
   return random_at_full_hint(k_hint, mask, jnp.int32(num_masked), jnp.asarray(hint, jnp.float32))

@@ -63,7 +63,8 @@ def time_frequency_masking(key: jax.Array, patches: jnp.ndarray, *, grid: Grid, 
   pf = _fraction("freq_ratio", freq_ratio, default)
   b, n, _ = patches.shape
   k_draw, k_hint = jax.random.split(key)
-  u_col, u_row, u_fill = ops.uniforms(k_draw, b, grid.time, grid.freq, n)
-  union = stripes(u_col, u_row, grid, masked_count(grid.time, pt), masked_count(grid.freq, pf))
-  mask = ops.fill_with_noise(u_fill, union, num_masked)
+  b_col, b_row, b_fill = ops.draws(k_draw, b, grid.time, grid.freq, n)
+  union = stripes(ops.bits_to_uniform(b_col), ops.bits_to_uniform(b_row), grid,
+                  masked_count(grid.time, pt), masked_count(grid.freq, pf))
+  mask = ops.fill_with_bits(b_fill, union, num_masked)
   return hint_swap(k_hint, mask, num_masked, hint)

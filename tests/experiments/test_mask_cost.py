@@ -60,7 +60,7 @@ def test_check_targets_thresholds(bench):
       row("dwm[variance] h=0.5", x_floor=3.01, ms=5.0, authors=9.9),  # both just missed
       row("dwm[mad] h=0", x_floor=1.0, authors=50.0, batch=2048),     # authors only at B=256
       row(bench.PIECE_SELECTION, ms=2.0),
-      row(bench.PIECE_SWAP.format(0.0), ms=0.2),                      # 2% of 10 ms
+      row(bench.PIECE_NO_SWAP, ms=10.0 / 1.02),                      # dwm h=0 is +2%
       row(bench.PIECE_SWAP.format(0.5), ms=2.1),                      # 1.05 selections
       row("time h=0", x_random=3.0), row("block h=0.5", x_random=3.2),
       row("random h=0", x_random=1.0), row("informed h=0", x_floor=9.0)])
@@ -70,7 +70,8 @@ def test_check_targets_thresholds(bench):
       "dwm[mad] h=0 >= 10x faster than the authors' torch DWM": True,
       "dwm[variance] h=0.5 <= 3x floor": False,
       "dwm[variance] h=0.5 >= 10x faster than the authors' torch DWM": False,
-      "hint swap at h=0 costs nothing (<= 2% of dwm[mad] h=0)": True,
+      "hint swap at h=0 costs nothing (dwm[mad] h=0 traced <= 1.03x dwm[mad] without swap)":
+          True,
       "hint swap h=0.5 <= 1 selection": False,
       "time h=0 <= 3x random": True,
       "block h=0.5 <= 3x random": False}, checks
@@ -99,6 +100,7 @@ def test_end_to_end_tiny_run_writes_csv_markdown_png(bench, tmp_path, capsys):
   assert tuple(rows[0]) == bench.CSV_FIELDS
   pieces = [bench.PIECE_DISPERSION.format("mad"), bench.PIECE_SELECTION,
             bench.PIECE_SWAP.format(0), bench.PIECE_SWAP.format(0.5),
+            bench.PIECE_SWAP_SELECTION.format(0.5), bench.PIECE_NO_SWAP,
             bench.PIECE_SGIM.format("power"), bench.PIECE_SGIM.format("eigh")]
   jitted = ["random h=0", "random h=0.5", "dwm[mad] h=0", "dwm[mad] h=0.5", "informed h=0",
             "informed h=0.5", "time h=0", "time h=0.5"]

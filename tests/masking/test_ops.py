@@ -2,6 +2,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from hypothesis import given, settings, strategies as st
 
 from dwm_jax.masking import ops
@@ -66,3 +67,33 @@ def test_top_k_mask_matches_lax_top_k(rows, n, seed):
   if k:
     np.put_along_axis(ref, np.asarray(jax.lax.top_k(jnp.asarray(scores), k)[1]), True, axis=1)
   np.testing.assert_array_equal(ops.top_k_mask(jnp.asarray(scores), k), ref)
+
+
+def test_uniforms_are_jax_uniforms_of_the_same_draw():
+  # The float noise the strategies order by is jax.random.uniform's, bit for bit.
+  key = jax.random.key(3)
+  u, v = ops.uniforms(key, 6, 5, 7)
+  ref = jax.random.uniform(key, (6, 12), dtype=jnp.float32)
+  np.testing.assert_array_equal(np.concatenate([u, v], axis=1), ref)
+
+
+@pytest.mark.parametrize("rows,n", [(64, 190), (300, 512)])
+def test_top_k_keys_on_random_bits_matches_a_sort(rows, n):
+  # Sizes where the radix loop stops well before 32 passes, with a few planted ties.
+  bits = np.array(ops.random_bits(jax.random.key(rows), (rows, n)))
+  bits[:, 1::7] = bits[:, ::7][:, :bits[:, 1::7].shape[1]]   # equal keys at neighbours
+  for k in (0, 1, n // 3, n - 1, n):
+    order = np.lexsort((np.broadcast_to(np.arange(n), bits.shape), -bits.astype(np.int64)))
+    ref = np.zeros(bits.shape, bool)
+    np.put_along_axis(ref, order[:, :k], True, axis=1)
+    np.testing.assert_array_equal(ops.top_k_keys(jnp.asarray(bits), k), ref)
+
+
+def test_fill_with_bits_keeps_what_fits_and_fills_the_rest():
+  rows, n = 4000, 10
+  base = np.zeros((rows, n), bool)
+  base[:, 2:5] = True
+  bits = ops.random_bits(jax.random.key(4), (rows, n))
+  filled = np.asarray(ops.fill_with_bits(bits, jnp.asarray(base), 6))
+  assert (filled.sum(-1) == 6).all() and filled[:, 2:5].all()
+  np.testing.assert_allclose(filled[:, ~base[0]].mean(0), 3 / 7, atol=0.035)
