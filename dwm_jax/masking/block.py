@@ -16,8 +16,10 @@ The reference may stop short of K (always on grids with one row or one column, w
 fits); the remainder is filled uniformly among the unmasked patches, as the issue requires.
 
 Vectorised over the batch: one ``while_loop`` step is one attempt for every row, with per-row
-state (mask, count, failed attempts in the current call, done). It stops when every row is done;
-it is bounded by ``10 * (K + 1)`` steps (each accepted block adds at least one patch).
+state (mask as bit rows, count, failed attempts in the current call, done). It stops when every
+row is done; it is bounded by ``10 * (K + 1)`` steps (each accepted block adds at least one
+patch). The last rows to finish take the most steps, so once at most a quarter of the rows go
+on they continue in a batch that size (gathered, then scattered back).
 
 Hint: the usual hint swap (``hint.py``); at ``hint >= 1`` it is plain random masking.
 """
@@ -36,6 +38,8 @@ from dwm_jax.patching import Grid
 
 ATTEMPTS = 10  # per block call, as in BEiT
 CHUNK = 16     # attempts whose noise is drawn at once
+STAGE_SHRINK = 4     # the rows still going move to a batch this many times smaller ...
+STAGE_MIN_ROWS = 64  # ... down to this many rows
 
 
 def beit_blocks(key: jax.Array, batch: int, grid: Grid, num_masked: int | jnp.ndarray, *,
@@ -100,28 +104,53 @@ def _beit_blocks(key: jax.Array, num_masked: jnp.ndarray, *, batch: int, grid: G
     done = done | (count >= num_masked) | (fails >= ATTEMPTS)
     return step + 1, key, mask, count, fails, done
 
-  def running(state):
-    step, *_, done = state
-    return (step < ATTEMPTS * (num_masked + 1)) & ~jnp.all(done)
+  bound = ATTEMPTS * (num_masked + 1)
 
-  def chunk(state):
-    # The noise of CHUNK attempts in one draw: a PRNG call per attempt cost more than the
-    # attempt itself (measured, experiments/mask_cost/README.md).
-    step, key, *rest = state
-    key, sub = jax.random.split(key)
-    noise = ops.uniform_noise(sub, (CHUNK, 4, batch))
-    first = step
+  def run(step, key, per_row, until):
+    """Attempts on ``per_row = (mask, count, fails, done)`` until <= ``until`` rows go on."""
+    size = per_row[0].shape[0]
 
-    def more(inner):
-      return running(inner) & (inner[0] < first + CHUNK)
+    def running(state):
+      step, *_, done = state
+      return (step < bound) & (jnp.sum(~done, dtype=jnp.int32) > until)
 
-    return jax.lax.while_loop(
-        more, lambda inner: attempt(inner, noise[inner[0] - first]), (step, key, *rest))
+    def chunk(state):
+      # The noise of CHUNK attempts in one draw: a PRNG call per attempt cost more than the
+      # attempt itself (measured, experiments/mask_cost/README.md).
+      step, key, *rest = state
+      key, sub = jax.random.split(key)
+      noise = ops.uniform_noise(sub, (CHUNK, 4, size))
+      first = step
 
+      def more(inner):
+        return running(inner) & (inner[0] < first + CHUNK)
+
+      return jax.lax.while_loop(
+          more, lambda inner: attempt(inner, noise[inner[0] - first]), (step, key, *rest))
+
+    step, key, *per_row = jax.lax.while_loop(running, chunk, (step, key, *per_row))
+    return step, key, tuple(per_row)
+
+  # The loop runs until the slowest row is done, and its cost is per row and step: once few rows
+  # go on, they continue in a batch STAGE_SHRINK times smaller (their state gathered, then
+  # scattered back). Each row's attempts are the same process whichever stage runs them.
+  sizes = [batch]
+  while sizes[-1] // STAGE_SHRINK >= STAGE_MIN_ROWS:
+    sizes.append(sizes[-1] // STAGE_SHRINK)
   zeros = jnp.zeros((batch,), jnp.int32)
-  init = (jnp.int32(0), key, jnp.zeros((batch, height, words), jnp.uint32), zeros, zeros,
-          jnp.zeros((batch,), bool))
-  _, _, bits, *_ = jax.lax.while_loop(running, chunk, init)
+  per_row = (jnp.zeros((batch, height, words), jnp.uint32), zeros, zeros,
+             jnp.zeros((batch,), bool))
+  step, stages = jnp.int32(0), []
+  for i in range(len(sizes)):
+    until = sizes[i + 1] if i + 1 < len(sizes) else 0
+    step, key, per_row = run(step, key, per_row, until)
+    if until:
+      going = jnp.argsort(per_row[3], stable=True)[:until]   # the rows not done come first
+      stages.append((going, per_row))
+      per_row = tuple(x[going] for x in per_row)
+  for going, full in reversed(stages):
+    per_row = tuple(f.at[going].set(r) for f, r in zip(full, per_row))
+  bits = per_row[0]
   col = jnp.arange(width)
   mask = (bits[:, :, col // 32] >> (col % 32).astype(jnp.uint32)) & jnp.uint32(1)
   return mask.astype(bool).reshape(batch, grid.num_patches)

@@ -13,7 +13,7 @@ The two are measured in alternating rounds in one process (bare first in even ro
 in odd ones), so machine load hits both alike; the figure is the median over rounds of loop
 steps/s / bare steps/s. Each round's loop compiles its step afresh, as a real run does (no
 persistent compilation cache). On this 2-core CPU two windows of the *same* executable differ by
-up to 25% (measured at ViT-B batch 8), so use enough rounds (the default is 7) and read the
+up to 27% (measured at ViT-B batch 8), so use enough rounds (the default is 7) and read the
 spread that the script prints next to the median.
 
   python experiments/loop_overhead/run.py                         # quickstart size + ViT-B batch 8
