@@ -26,41 +26,55 @@ def count_dtype(n: int) -> jnp.dtype:
   return jnp.int16 if n < 2**15 else jnp.int32
 
 
+def _radix_search(count, k: jnp.ndarray, size: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
+  """The k-th largest key of every row and side, fixed one bit at a time from the top.
+
+  ``count: uint32 [B, S] -> int32 [B, S]`` counts each side's keys at or above a threshold (one
+  fused pass over the row); ``k, size: int32 [B, S]`` are the wanted and available counts.
+  Returns ``(kth: uint32 [B, S], exact)``. The loop stops once every prefix already bounds
+  exactly ``k`` keys (the k-th and (k+1)-th largest differ above the bits left): about
+  ``log2(N * B)`` passes for random keys, not 32. ``exact`` says that held everywhere, so no
+  row has a tie at its k-th key.
+  """
+  def fix_bit(state):
+    i, prefix, n = state
+    candidate = prefix | (jnp.uint32(1) << (31 - i).astype(jnp.uint32))
+    c = count(candidate)
+    take = c >= k
+    return i + 1, jnp.where(take, candidate, prefix), jnp.where(take, c, n)
+
+  def undecided(state):
+    i, _, n = state
+    return (i < 32) & jnp.any(n != k)
+
+  # Not unrolled: the unrolled 32 passes made XLA:CPU compile for minutes on small rows (e.g.
+  # [16, 8]) and ran no faster at [2048, 190] (6.0 ms rolled vs 7.0 ms unrolled, 2-core CPU).
+  # n = #(keys >= prefix) >= k throughout; after 32 passes the prefix is the k-th key.
+  _, kth, n = jax.lax.while_loop(undecided, fix_bit,
+                                 (jnp.int32(0), jnp.zeros(k.shape, jnp.uint32), size))
+  return kth, jnp.all(n == k)
+
+
 # jit: eager callers (tools, tests) then compile the loop once per shape, not once per call.
 @jax.jit
 def _largest_mask_keys(keys: jnp.ndarray, k: int | jnp.ndarray) -> jnp.ndarray:
   """True at the ``k`` largest ``keys: uint32 [B, N]`` per row, ties to the lower index.
 
-  Radix select: the k-th largest key is fixed one bit at a time from the top (a fused
-  compare-and-count over the row per bit), then the mask is one comparison plus a tie fill.
-  The loop stops once every row's prefix already bounds exactly ``k`` keys (the k-th and
-  (k+1)-th largest differ above the bits left): about ``log2(N * B)`` passes for random keys,
-  not 32. On CPU this is several times cheaper than XLA's sort-based ``top_k`` (see
-  experiments/mask_cost) and it accepts a traced ``k`` with static shapes.
+  Radix select (:func:`_radix_search`), then the mask is one comparison, plus a tie fill where
+  a row has a tie at its k-th key. On CPU this is several times cheaper than XLA's sort-based
+  ``top_k`` (see experiments/mask_cost) and it accepts a traced ``k`` with static shapes.
   """
   # Materialise the keys once: otherwise XLA may fuse their producer (e.g. the PRNG) into
   # every pass.
   keys = jax.lax.optimization_barrier(keys)
-  k = jnp.asarray(k, jnp.int32)
-  dtype = count_dtype(keys.shape[-1])
-
-  def fix_bit(state):
-    i, prefix, count = state
-    candidate = prefix | (jnp.uint32(1) << (31 - i).astype(jnp.uint32))
-    c = jnp.sum(keys >= candidate, axis=-1, keepdims=True, dtype=dtype)
-    take = c >= k
-    return i + 1, jnp.where(take, candidate, prefix), jnp.where(take, c, count)
-
-  def undecided(state):
-    i, _, count = state
-    return (i < 32) & jnp.any(count != k)
-
   b, n = keys.shape
-  # Not unrolled: the unrolled 32 passes made XLA:CPU compile for minutes on small rows (e.g.
-  # [16, 8]) and ran no faster at [2048, 190] (6.0 ms rolled vs 7.0 ms unrolled, 2-core CPU).
-  # ``count`` = #(keys >= prefix) >= k throughout; at 32 passes the prefix is the k-th key.
-  _, kth, count = jax.lax.while_loop(undecided, fix_bit, (
-      jnp.int32(0), jnp.zeros((b, 1), jnp.uint32), jnp.full((b, 1), n, dtype)))
+  k = jnp.broadcast_to(jnp.asarray(k, jnp.int32), (b, 1))
+  dtype = count_dtype(n)
+
+  def count(t):
+    return jnp.sum(keys >= t, axis=-1, keepdims=True, dtype=dtype).astype(jnp.int32)
+
+  kth, exact = _radix_search(count, k, jnp.full((b, 1), n, jnp.int32))
 
   def fill_ties():
     # Keys above the k-th are in; keys equal to it fill the room left, in index order.
@@ -69,9 +83,9 @@ def _largest_mask_keys(keys: jnp.ndarray, k: int | jnp.ndarray) -> jnp.ndarray:
     room = k - jnp.sum(above, axis=-1, keepdims=True, dtype=jnp.int32)
     return above | (tied & (jnp.cumsum(tied, axis=-1, dtype=jnp.int32) <= room))
 
-  # Without a tie at the k-th key (every row's prefix bounds exactly k) the mask is one compare:
-  # the cumsum of the tie fill cost as much as the whole search (measured, 1.7-2x).
-  return jax.lax.cond(jnp.all(count == k), lambda: keys >= kth, fill_ties)
+  # Without ties the cumsum of the tie fill is skipped: it cost as much as the whole search
+  # (measured, 1.7-2x).
+  return jax.lax.cond(exact, lambda: keys >= kth, fill_ties)
 
 
 @jax.jit
@@ -82,54 +96,42 @@ def _largest_mask_keys_split(keys: jnp.ndarray, group: jnp.ndarray, k_in: jnp.nd
   ``keys: uint32 [B, N]``, ``group: bool [B, N]``, ``k_in, k_out: int [B, 1]`` (traced). Both
   radix searches share one loop: each pass counts both sides at once, packed in one integer
   (inside in the low ``s`` bits, outside above them, ``2**s > N``), so a pass is one fused
-  weighted count instead of two selections' two. Stops early as :func:`_largest_mask_keys`.
+  weighted count instead of two selections' two.
   """
   keys = jax.lax.optimization_barrier(keys)
   b, n = keys.shape
   shift = max(n, 1).bit_length()          # 2**shift > N
   low = jnp.int32((1 << shift) - 1)
-  k_in = jnp.asarray(k_in, jnp.int32)
-  k_out = jnp.asarray(k_out, jnp.int32)
+  k = jnp.concatenate([jnp.asarray(k_in, jnp.int32), jnp.asarray(k_out, jnp.int32)], axis=1)
   weight = jnp.where(group, 1, 1 << shift).astype(jnp.int32)
   # The packed count in 16 bits where it fits (N < 256): narrower sums vectorise better.
   pass_dtype = jnp.uint16 if (n << shift) + n < 2**16 else jnp.int32
   pass_weight = weight.astype(pass_dtype)
 
-  def unpack(count):
-    return count & low, count >> shift
+  def unpack(packed):  # [B, 1] -> [B, 2] (inside, outside)
+    return jnp.concatenate([packed & low, packed >> shift], axis=1)
 
-  def fix_bit(state):
-    i, p_in, p_out, n_in, n_out = state
-    bit = jnp.uint32(1) << (31 - i).astype(jnp.uint32)
-    c_in, c_out = p_in | bit, p_out | bit
-    hit = keys >= jnp.where(group, c_in, c_out)
+  def per_entry(x):  # [B, 2] (inside, outside) -> [B, N]
+    return jnp.where(group, x[:, :1], x[:, 1:])
+
+  def count(t):
+    hit = keys >= per_entry(t)
     packed = jnp.sum(jnp.where(hit, pass_weight, 0), axis=-1, keepdims=True, dtype=pass_dtype)
-    h_in, h_out = unpack(packed.astype(jnp.int32))
-    take_in, take_out = h_in >= k_in, h_out >= k_out
-    return (i + 1, jnp.where(take_in, c_in, p_in), jnp.where(take_out, c_out, p_out),
-            jnp.where(take_in, h_in, n_in), jnp.where(take_out, h_out, n_out))
+    return unpack(packed.astype(jnp.int32))
 
-  def undecided(state):
-    i, _, _, n_in, n_out = state
-    return (i < 32) & jnp.any((n_in != k_in) | (n_out != k_out))
-
-  zeros = jnp.zeros((b, 1), jnp.uint32)
   size_in = jnp.sum(group, axis=-1, keepdims=True, dtype=jnp.int32)
-  _, kth_in, kth_out, n_in, n_out = jax.lax.while_loop(undecided, fix_bit, (
-      jnp.int32(0), zeros, zeros, size_in, n - size_in))
-  kth = jnp.where(group, kth_in, kth_out)
+  kth, exact = _radix_search(count, k, jnp.concatenate([size_in, n - size_in], axis=1))
+  kth = per_entry(kth)
 
   def fill_ties():
     above = keys > kth
     tied = keys == kth
-    a_in, a_out = unpack(jnp.sum(jnp.where(above, weight, 0), axis=-1, keepdims=True,
-                                 dtype=jnp.int32))
-    room = jnp.where(group, k_in - a_in, k_out - a_out)
+    room = per_entry(k - unpack(jnp.sum(jnp.where(above, weight, 0), axis=-1, keepdims=True,
+                                        dtype=jnp.int32)))
     # Ties fill in index order within each side (the running packed count, unpacked per side).
-    r_in, r_out = unpack(jnp.cumsum(jnp.where(tied, weight, 0), axis=-1, dtype=jnp.int32))
-    return above | (tied & (jnp.where(group, r_in, r_out) <= room))
+    running = jnp.cumsum(jnp.where(tied, weight, 0), axis=-1, dtype=jnp.int32)
+    return above | (tied & (jnp.where(group, running & low, running >> shift) <= room))
 
-  exact = jnp.all((n_in == k_in) & (n_out == k_out))
   return jax.lax.cond(exact, lambda: keys >= kth, fill_ties)
 
 

@@ -37,6 +37,7 @@ import numpy as np
 
 from dwm_jax import masking, patching
 from dwm_jax.masking import dwm as dwm_lib
+from dwm_jax.masking import hint as hint_lib
 from dwm_jax.masking import informed as informed_lib
 from dwm_jax.masking import ops
 
@@ -240,7 +241,7 @@ def bench_config(grid: patching.Grid, batch: int, strategies: Sequence[str], *, 
       check_count(PIECE_SWAP.format(hint), swap(keys[0], base, h), k)
       add(PIECE_SWAP.format(hint), "piece",
           lambda i, h=h: swap(keys[i], base, h).block_until_ready(), repeats)
-      n_swap = int(np.floor(np.float32(k) * np.float32(hint)))
+      n_swap = int(hint_lib.num_hinted(k, hint))
       if n_swap:
         # The swap without its noise draw: its one selection on given random keys, swapping
         # the expected number of patches (n - E[j], j hypergeometric as in hint.py).
