@@ -5,6 +5,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dwm_jax.masking import threefry
+
 
 def ranks(x: jnp.ndarray) -> jnp.ndarray:
   """Rank of every entry along the last axis (0 = smallest): ``[B, N] -> int32 [B, N]``.
@@ -179,8 +181,9 @@ def top_k_keys(keys: jnp.ndarray, k: int | jnp.ndarray) -> jnp.ndarray:
 
 
 def uniform_noise(key: jax.Array, shape: tuple[int, ...]) -> jnp.ndarray:
-  """float32 uniform noise: low-precision noise ties and biases masks toward low indices."""
-  return jax.random.uniform(key, shape, dtype=jnp.float32)
+  """float32 uniform noise, ``jax.random.uniform``'s values (low-precision noise would tie and
+  bias masks toward low indices)."""
+  return bits_to_uniform(random_bits(key, shape))
 
 
 def random_bits(key: jax.Array, shape: tuple[int, ...]) -> jnp.ndarray:
@@ -188,8 +191,9 @@ def random_bits(key: jax.Array, shape: tuple[int, ...]) -> jnp.ndarray:
 
   Ordering raw bits instead of float32 uniforms (23 random bits in a narrow exponent range) makes
   ties rarer and lets the radix select stop after about ``log2(N * B)`` passes instead of ~25.
+  The values of ``jax.random.bits``, hashed faster on CPU (:mod:`dwm_jax.masking.threefry`).
   """
-  return jax.random.bits(key, shape, jnp.uint32)
+  return threefry.random_bits(key, shape)
 
 
 def bits_to_uniform(bits: jnp.ndarray) -> jnp.ndarray:
