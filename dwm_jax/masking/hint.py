@@ -60,8 +60,10 @@ def _swap(key: jax.Array, mask: jnp.ndarray, num_masked: int, n_swap: jnp.ndarra
   order, count_bits = jnp.split(ops.random_bits(key, (b, n + 1)), [n], axis=1)
   u_count = ops.bits_to_uniform(count_bits)
   cdf = jnp.asarray(overlap_cdf(n, num_masked))[n_swap]                  # [K + 1]
-  # Inverse CDF: j = #{i : P(j <= i) <= u}; the last column is exactly 1 > u.
-  j = jnp.sum(cdf[None, :] <= u_count, axis=-1, dtype=jnp.int32)         # [B]
+  # Inverse CDF: j = #{i : P(j <= i) <= u} (a binary search; the CDF is non-decreasing and its
+  # last column is exactly 1 > u). Comparing all K + 1 columns cost 4x more at [2048, 512].
+  j = jnp.searchsorted(cdf, u_count[:, 0], side="right",
+                       method="scan_unrolled").astype(jnp.int32)          # [B]
   return ops.split_top_k_keys(order, mask, num_masked - n_swap + j, n_swap - j)
 
 
