@@ -16,7 +16,9 @@ from dwm_jax.evaluate.finetuning import cli, loop
 from dwm_jax.evaluate.finetuning import config as ft_config
 from dwm_jax.evaluate.finetuning import run as ft_run
 from dwm_jax.evaluate.finetuning import step as ft_step
+from dwm_jax.train import checkpoint as ckpt
 from tests.train.conftest import cache_dir, compile_cache  # noqa: F401 (fixtures)
+from tests.train.conftest import truncate_arrays
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("compile_cache")]
 
@@ -136,6 +138,26 @@ def test_crash_then_resume_matches_uninterrupted(dataset, export, reference, tmp
   res = ft_run.finetune(export, [str(dataset / "event.csv")], out, config=tiny_config())
   assert_same_tree(final_state(run_dir(out))[0], ref_state)
   assert res == ref_results
+
+
+def test_damaged_checkpoint_is_set_aside_and_the_run_resumes_exactly(dataset, export, reference,
+                                                                     tmp_path, caplog):
+  """The crash leaves checkpoints 4 and 8; 8 is then damaged: the rerun sets it aside (kept,
+  renamed), resumes from 4 and ends where the uninterrupted run did."""
+  ref_results, (ref_state, _) = reference
+  out = str(tmp_path)
+  with pytest.raises(RuntimeError, match="simulated crash"):
+    ft_run.finetune(export, [str(dataset / "event.csv")], out, config=tiny_config(),
+                    on_step=_crash_at(10))
+  truncate_arrays(run_dir(out), 8)
+  with caplog.at_level("WARNING"):
+    res = ft_run.finetune(export, [str(dataset / "event.csv")], out, config=tiny_config())
+  assert_same_tree(final_state(run_dir(out))[0], ref_state)
+  assert res == ref_results
+  moved = os.listdir(os.path.join(run_dir(out), ckpt.DAMAGED_DIR))
+  assert [m.split("-")[0] for m in moved] == ["8"]
+  lines = [r.getMessage() for r in caplog.records if "does not restore" in r.getMessage()]
+  assert len(lines) == 1 and "checkpoint 8 at" in lines[0] and "\n" not in lines[0]
 
 
 def test_early_stopping_keeps_the_best_evaluation(dataset, export, tmp_path, monkeypatch):

@@ -21,19 +21,9 @@ from dwm_jax.evaluate.encoder import load_encoder
 from dwm_jax.train import checkpoint as ckpt
 from dwm_jax.train import loop
 
-from .conftest import REPO, TINY, assert_same_tree, saved_state, tiny_config
+from .conftest import REPO, TINY, assert_same_tree, saved_state, tiny_config, truncate_arrays
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("compile_cache")]
-
-
-def truncate_arrays(workdir: str, step: int) -> None:
-  """What a full disk or a failing network file system leaves: array files cut in half."""
-  files = [p for p in glob.glob(os.path.join(workdir, "checkpoints", str(step), "state", "**", "*"),
-                                recursive=True)
-           if os.path.isfile(p) and os.sep + "d" + os.sep in p]
-  assert files
-  for path in files:
-    os.truncate(path, os.path.getsize(path) // 2)
 
 
 def copy_run(reference_run, tmp_path) -> str:

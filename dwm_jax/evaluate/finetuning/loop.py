@@ -59,11 +59,10 @@ def put_global(tree: Any, mesh: Mesh) -> Any:
 _NEUTRAL = ("seeds", "log_every_steps", "checkpoint.")
 
 
-def config_diff(manager: Any, step: int, config: Any) -> list[str]:
-  """``field: old -> new`` where the checkpoint's config and ``config`` differ in a way that
-  changes the run."""
-  return [d for d in ckpt.config_diff(ckpt.saved_config(manager, step), config)
-          if not d.startswith(_NEUTRAL)]
+def config_diff(saved: Any, config: Any) -> list[str]:
+  """``field: old -> new`` where a checkpoint's config ``saved`` and ``config`` differ in a way
+  that changes the run."""
+  return [d for d in ckpt.config_diff(saved, config) if not d.startswith(_NEUTRAL)]
 
 
 def _fresh_tracker() -> dict[str, np.ndarray]:
@@ -185,7 +184,7 @@ def run(setup: FinetuneSetup, compiled: Any, evaluator: Evaluator, encoder: Enco
   if done is not None and done.get("score") is not None:
     manager = ckpt.make_manager(workdir, read_only=True)
     try:
-      diff = config_diff(manager, manager.latest_step(), config)
+      diff = config_diff(ckpt.saved_config(manager, manager.latest_step()), config)
     finally:
       manager.close()
     if diff:
@@ -197,8 +196,14 @@ def run(setup: FinetuneSetup, compiled: Any, evaluator: Evaluator, encoder: Enco
   train = data.train_set(*splits.train, window=window, pad_value=setup.norm_mean)
   k_head, key = jax.random.split(jax.random.key(int(seed)))
   manager = ckpt.make_manager(workdir, config.checkpoint)
-  start = manager.latest_step()
-  if start is None:
+  template = {"model": abstract_state(setup, encoder.params), "tracker": _tracker_template()}
+  # The newest checkpoint that restores; damaged ones are set aside (never trained over), as
+  # in pretraining.
+  restored = ckpt.restore_latest(workdir, manager, state_template=template, data_iter=None)
+  manager.close()  # a fresh manager: the restore may have moved damaged checkpoints aside
+  manager = ckpt.make_manager(workdir, config.checkpoint)
+  start = None if restored is None else restored[0]
+  if restored is None:
     head = stats = None
     if str(config.head.init) == "probe":
       head, stats = probe_head(evaluator, mesh_lib.put_replicated(encoder.params, mesh), splits,
@@ -209,12 +214,11 @@ def run(setup: FinetuneSetup, compiled: Any, evaluator: Evaluator, encoder: Enco
       v0 = evaluate(evaluator, state.params, state.stats, splits.valid)
       log.info("start (the linear probe's head): valid %.4f (loss %.4f)", *v0)
   else:
-    diff = config_diff(manager, start, config)
+    _, host, key, saved = restored
+    diff = config_diff(saved, config)
     if diff:
       log.warning("resuming with a config that differs from the checkpoint's:\n  %s",
                   "\n  ".join(diff))
-    template = {"model": abstract_state(setup, encoder.params), "tracker": _tracker_template()}
-    host, key = ckpt.restore(manager, start, state_template=template, data_iter=None)
     state = mesh_lib.put_replicated(host["model"], mesh)
     tracker = {k: np.asarray(v).astype(_fresh_tracker()[k].dtype)[()]
                for k, v in host["tracker"].items()}
