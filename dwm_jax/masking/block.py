@@ -16,8 +16,7 @@ The reference may stop short of K (always on grids with one row or one column, w
 fits); the remainder is filled uniformly among the unmasked patches, as the issue requires.
 
 Vectorised over the batch: one ``while_loop`` step is one attempt for every row, with per-row
-state (mask as one uint32 of frequency-row bits per time column, count, failed attempts in the
-current call, done). It stops when every
+state (mask as bit rows, count, failed attempts in the current call, done). It stops when every
 row is done; it is bounded by ``10 * (K + 1)`` steps (each accepted block adds at least one
 patch). The last rows to finish take the most steps, so once at most a quarter of the rows go
 on they continue in a batch that size (gathered, then scattered back).
@@ -70,9 +69,9 @@ def _beit_blocks(key: jax.Array, num_masked: jnp.ndarray, *, batch: int, grid: G
   max_patches = num_masked if max_num_patches is None else jnp.int32(max_num_patches)
   log_lo, log_hi = log_aspect
   height, width = grid.freq, grid.time
-  words = -(-height // 32)
-  cols = jnp.arange(width)                                             # [W]
-  word_start = 32 * jnp.arange(words)                                  # [H32]
+  words = -(-width // 32)
+  rows = jnp.arange(height)[None, :]                                   # [1, H]
+  word_start = (32 * jnp.arange(words))[None, :]                       # [1, W32]
 
   def low_bits(m):  # m in [0, 32] -> uint32 with the m low bits set
     m = m.astype(jnp.uint32)
@@ -91,12 +90,12 @@ def _beit_blocks(key: jax.Array, num_masked: jnp.ndarray, *, batch: int, grid: G
     top = jnp.floor(u_top * jnp.maximum(height - h + 1, 1)).astype(jnp.int32)
     left = jnp.floor(u_left * jnp.maximum(width - w + 1, 1)).astype(jnp.int32)
     top, left, h, w = (v[:, None] for v in (top, left, h, w))
-    # The rectangle as one word of row bits per time column (frequency rows [top, top + h) of
-    # each 32-row word) on the columns [left, left + w): popcounts over [B, H/32, W] words.
-    row_bits = (low_bits(jnp.clip(top + h - word_start, 0, 32))
-                & ~low_bits(jnp.clip(top - word_start, 0, 32)))            # [B, H32]
-    in_cols = (cols >= left) & (cols < left + w)                         # [B, W]
-    new = jnp.where(in_cols[:, None, :], row_bits[:, :, None], jnp.uint32(0)) & ~mask
+    # The rectangle as bit rows: columns [left, left + w) of each 32-column word, on the rows
+    # [top, top + h). Popcounts on [B, H, W/32] words instead of compares on [B, H, W] bools.
+    cols = (low_bits(jnp.clip(left + w - word_start, 0, 32))
+            & ~low_bits(jnp.clip(left - word_start, 0, 32)))               # [B, W32]
+    in_rows = (rows >= top) & (rows < top + h)                           # [B, H]
+    new = jnp.where(in_rows[:, :, None], cols[:, None, :], jnp.uint32(0)) & ~mask
     n_new = jnp.sum(jax.lax.population_count(new), axis=(1, 2), dtype=jnp.int32)
     ok = ~done & fits & (n_new > 0) & (n_new <= max_mask)
     mask = mask | jnp.where(ok[:, None, None], new, jnp.uint32(0))
@@ -139,7 +138,7 @@ def _beit_blocks(key: jax.Array, num_masked: jnp.ndarray, *, batch: int, grid: G
   while sizes[-1] // STAGE_SHRINK >= STAGE_MIN_ROWS:
     sizes.append(sizes[-1] // STAGE_SHRINK)
   zeros = jnp.zeros((batch,), jnp.int32)
-  per_row = (jnp.zeros((batch, words, width), jnp.uint32), zeros, zeros,
+  per_row = (jnp.zeros((batch, height, words), jnp.uint32), zeros, zeros,
              jnp.zeros((batch,), bool))
   step, stages = jnp.int32(0), []
   for i in range(len(sizes)):
@@ -152,9 +151,9 @@ def _beit_blocks(key: jax.Array, num_masked: jnp.ndarray, *, batch: int, grid: G
   for going, full in reversed(stages):
     per_row = tuple(f.at[going].set(r) for f, r in zip(full, per_row))
   bits = per_row[0]
-  row = jnp.arange(height)
-  mask = (bits[:, row // 32, :] >> (row % 32).astype(jnp.uint32)[:, None]) & jnp.uint32(1)
-  return mask.astype(bool).reshape(batch, grid.num_patches)                # [B, H, W] -> [B, N]
+  col = jnp.arange(width)
+  mask = (bits[:, :, col // 32] >> (col % 32).astype(jnp.uint32)) & jnp.uint32(1)
+  return mask.astype(bool).reshape(batch, grid.num_patches)
 
 
 @register("block", min_num_patches=4, max_num_patches=None, min_aspect=0.3, max_aspect=None)
