@@ -12,7 +12,8 @@
 
 Every strategy runs at every ``--hints`` value (traced, as in training) and DWM with every
 ``--metrics`` value. For each grid and batch size it reports the median time per batch after
-warm-up (every call ends in ``block_until_ready``; all methods timed round-robin), the throughput,
+warm-up (every call ends in ``block_until_ready``; all methods timed round-robin, each jitted
+one right after an untimed call of itself), the throughput,
 the ratio to the floor and to jitted ``random``, and the speedups over the authors' code and the
 NumPy baselines; then one line per target with PASS/FAIL (see ``check_targets``). Writes
 ``results.csv``, ``results.md`` and ``mask_cost.png`` to ``--out``.
@@ -124,16 +125,20 @@ def numpy_inverse_block(rng: np.random.Generator, batch: int, grid: patching.Gri
 
 # --------------------------------------------------------------------------- timing
 
-def time_interleaved(calls: dict[str, tuple[Callable[[int], Any], int]], warmup: int
-                     ) -> dict[str, list[float]]:
+def time_interleaved(calls: dict[str, tuple[Callable[[int], Any], int]], warmup: int,
+                     primed: frozenset[str] = frozenset()) -> dict[str, list[float]]:
   """Seconds per call for every ``name: (call, repeats)``, measured round-robin.
 
   ``warmup`` untimed calls of each first (compilation included). Round ``r`` times one call of
   every method that still has repeats left, so a change in machine load during the run hits all
-  methods alike and their ratios stay meaningful. Odd rounds run in reverse order: a call is
-  slowed or sped up by what the call before it left in the caches, and in a fixed order that
-  favoured one of two methods compared (the same DWM, hint 0 traced or concrete: +5-9% in fixed
-  order, -2-+1% alternating, measured on this CPU).
+  methods alike and their ratios stay meaningful. A call is slowed or sped up by what the call
+  before it left in the caches: in a fixed order that favoured one of two methods compared (the
+  same DWM, hint 0 traced or concrete: +5-9% in fixed order, -1.6% and -2.1% alone, on this
+  CPU), and alternating the order made small pieces (the swap's selection on 200 KB of keys)
+  swing by 1.4-1.9x between runs, by whether the call before was a large matmul. So the
+  ``primed`` methods (the jitted ones) run once untimed right before each timed call: each is
+  timed with its own inputs in cache, as in a train step where the sampler's input was just
+  written. Odd rounds still run in reverse order.
   """
   for call, _ in calls.values():
     for i in range(warmup):
@@ -143,6 +148,8 @@ def time_interleaved(calls: dict[str, tuple[Callable[[int], Any], int]], warmup:
     order = list(calls.items())
     for name, (call, n) in (order[::-1] if r % 2 else order):
       if r < n:
+        if name in primed:
+          call(warmup + r)
         t0 = time.perf_counter()
         call(warmup + r)
         times[name].append(time.perf_counter() - t0)
@@ -302,7 +309,8 @@ def bench_config(grid: patching.Grid, batch: int, strategies: Sequence[str], *, 
     add(method, "numpy", call, host_repeats)
 
   rows = []
-  for method, times in time_interleaved(calls, warmup).items():
+  primed = frozenset(m for m, kind in kinds.items() if kind in ("floor", "piece", "jit"))
+  for method, times in time_interleaved(calls, warmup, primed).items():
     row = {"grid": f"{grid.freq}x{grid.time}", "num_patches": n, "batch": batch,
            "method": method, "kind": kinds[method], **summarize(times)}
     row["masks_per_s"] = batch / (row["median_ms"] * 1e-3)
@@ -544,7 +552,8 @@ def main(argv: Sequence[str] | None = None) -> int:
   settings = (f"jax {jax.__version__}; ratio {a.ratio}, hints {', '.join(f'{h:g}' for h in a.hints)}"
               f" (traced), {a.dtype} patches [B, N, {PATCH_VALUES}] of N(0, 1) noise, median of "
               f"{repeats} calls after {a.warmup} warm-up (host: median of {host_repeats}), all "
-              f"methods timed round-robin; 'informed' gets stand-in features (random projection "
+              f"methods timed round-robin (jitted ones each after an untimed call of itself); "
+              f"'informed' gets stand-in features (random projection "
               f"to D={a.feature_dim}; the encoder pass is not timed); authors' torch DWM: "
               f"{'timed (torch ' + torch_version() + ')' if authors else 'not timed'}.")
   log(f"device: {device}")

@@ -89,6 +89,11 @@ def test_rounds_alternate_their_order(bench):
   times = bench.time_interleaved(calls, warmup=1)
   assert seen[3:] == ["a", "b", "c", "c", "b", "a", "a", "b"]
   assert {name: len(t) for name, t in times.items()} == {"a": 3, "b": 3, "c": 2}
+  # A primed method runs once more, untimed, right before each of its timed calls.
+  seen.clear()
+  times = bench.time_interleaved(calls, warmup=1, primed=frozenset({"b"}))
+  assert seen[3:] == ["a", "b", "b", "c", "c", "b", "b", "a", "a", "b", "b"]
+  assert {name: len(t) for name, t in times.items()} == {"a": 3, "b": 3, "c": 2}
 
 
 def test_bad_grid_flag_is_named(bench, capsys):
