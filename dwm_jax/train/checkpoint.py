@@ -238,10 +238,35 @@ def damaged_checkpoints(workdir: str) -> list[str]:
   return paths.listdir(path) if paths.isdir(path) else []
 
 
+_failed_reads: set[str] = set()  # step folders whose restore failed (and was reported)
+
+
+class _ReportedReadFilter(logging.Filter):
+  """Drops asyncio's 'Task exception was never retrieved' records for reads of a checkpoint
+  whose failure was already reported in one line. Orbax leaves those read tasks behind when a
+  restore fails, and asyncio logs each one, with a traceback, whenever the garbage collector
+  finds it: possibly much later, in the middle of training or of another command."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    message = record.getMessage()
+    if not message.startswith("Task exception was never retrieved"):
+      return True
+    text = message + (str(record.exc_info[1]) if record.exc_info else "")
+    return not any(path in text for path in _failed_reads)
+
+
+def _reported(workdir: str, step: int) -> None:
+  _failed_reads.add(str(step_dir(workdir, step)))
+
+
 def _quiet_cancelled_reads() -> None:
   """After a failed restore, tensorstore completes the reads still in flight and calls back into
   orbax's event loop, which is closed by then: each callback prints an 'Event loop is closed'
-  traceback (hundreds of them, burying the real error). Those, and only those, are dropped."""
+  traceback (hundreds of them, burying the real error). Those, and only those, are dropped, and
+  so are asyncio's late reports of the same reads (:class:`_ReportedReadFilter`)."""
+  asyncio_log = logging.getLogger("asyncio")
+  if not any(isinstance(f, _ReportedReadFilter) for f in asyncio_log.filters):
+    asyncio_log.addFilter(_ReportedReadFilter())
   previous = sys.unraisablehook
   if getattr(previous, "dwm_jax_filter", False):
     return
@@ -285,6 +310,7 @@ def restore_latest(workdir: str, manager: ocp.CheckpointManager, *, state_templa
       raise
     except Exception as e:  # pylint: disable=broad-except  (damage shows as any error)
       ok, error = False, e
+      _reported(workdir, step)
     if _agree(ok):
       return step, state, rng, config
     if ok:
@@ -317,6 +343,7 @@ def readable_steps(workdir: str, manager: ocp.CheckpointManager, restore_fn: Cal
     try:
       out = restore_fn(s)
     except Exception as e:  # pylint: disable=broad-except  (damage shows as any error)
+      _reported(workdir, s)
       errors.append(f"step {s}: {faults.one_line(e)}")
       log.warning("checkpoint %d at %s does not restore (%s); trying the previous one", s,
                   step_dir(workdir, s), faults.one_line(e))

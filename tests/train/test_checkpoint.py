@@ -1,5 +1,6 @@
 """Checkpoint contents, retention, torn saves, encoder restore and export."""
 import copy
+import logging
 import os
 
 import grain
@@ -109,3 +110,25 @@ def test_export_of_a_folder_without_checkpoints_fails_clearly(tmp_path, capsys):
   os.makedirs(tmp_path / "checkpoints")
   with pytest.raises(FileNotFoundError, match="no finished checkpoint"):
     ckpt.restore_encoder(str(tmp_path))
+
+
+def test_late_reports_of_reported_failed_reads_are_dropped(tmp_path, caplog):
+  # Orbax leaves read tasks behind when a restore fails; asyncio logs each one, with a traceback,
+  # whenever the garbage collector finds it (seen in the middle of a later run). Reads of a
+  # checkpoint whose failure was already reported are dropped; anything else is kept.
+  workdir = str(tmp_path / "run")
+  ckpt._quiet_cancelled_reads()
+  ckpt._reported(workdir, 8)
+  asyncio_log = logging.getLogger("asyncio")
+
+  def late_report(path):
+    error = ValueError(f'OUT_OF_RANGE: Error opening "zarr" driver: local file "{path}/state/"')
+    asyncio_log.error("Task exception was never retrieved\nfuture: <Task finished exception=%r>",
+                      error, exc_info=(ValueError, error, None))
+
+  with caplog.at_level("WARNING"):
+    late_report(os.path.join(workdir, "checkpoints", "8"))
+    late_report(os.path.join(workdir, "checkpoints", "6"))   # not reported: kept
+    asyncio_log.error("something else went wrong")             # kept
+  kept = [r.getMessage() for r in caplog.records if r.name == "asyncio"]
+  assert len(kept) == 2 and "checkpoints/6" in kept[0] and kept[1] == "something else went wrong"
