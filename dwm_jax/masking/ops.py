@@ -66,8 +66,8 @@ def _largest_mask_keys(keys: jnp.ndarray, k: int | jnp.ndarray) -> jnp.ndarray:
   a row has a tie at its k-th key. On CPU this is several times cheaper than XLA's sort-based
   ``top_k`` (see experiments/mask_cost) and it accepts a traced ``k`` with static shapes.
   """
-  # Materialise the keys once: otherwise XLA may fuse their producer (e.g. the PRNG) into
-  # every pass.
+  # The keys are computed once, before the loop (they are its operand), never fused into a
+  # pass. The barrier says so to backends that keep it; XLA:CPU removes it before fusion.
   keys = jax.lax.optimization_barrier(keys)
   b, n = keys.shape
   k = jnp.broadcast_to(jnp.asarray(k, jnp.int32), (b, 1))

@@ -202,7 +202,7 @@ def run(setup: FinetuneSetup, compiled: Any, evaluator: Evaluator, encoder: Enco
   restored = ckpt.restore_latest(workdir, manager, state_template=template, data_iter=None)
   manager.close()  # a fresh manager: the restore may have moved damaged checkpoints aside
   manager = ckpt.make_manager(workdir, config.checkpoint)
-  start = None if restored is None else restored[0]
+  start = None
   if restored is None:
     head = stats = None
     if str(config.head.init) == "probe":
@@ -214,7 +214,7 @@ def run(setup: FinetuneSetup, compiled: Any, evaluator: Evaluator, encoder: Enco
       v0 = evaluate(evaluator, state.params, state.stats, splits.valid)
       log.info("start (the linear probe's head): valid %.4f (loss %.4f)", *v0)
   else:
-    _, host, key, saved = restored
+    start, host, key, saved = restored
     diff = config_diff(saved, config)
     if diff:
       log.warning("resuming with a config that differs from the checkpoint's:\n  %s",
