@@ -159,6 +159,35 @@ def test_damaged_checkpoint_is_set_aside_and_the_run_resumes_exactly(dataset, ex
   lines = [r.getMessage() for r in caplog.records if "does not restore" in r.getMessage()]
   assert len(lines) == 1 and "checkpoint 8 at" in lines[0] and "\n" not in lines[0]
 
+  # The finished run, rerun: its config is checked against the newest checkpoint whose config
+  # reads (12's is now garbage; the resumed run's 8 is used, nothing is moved), then returned
+  # untrained.
+  def damage_config(step):
+    with open(os.path.join(run_dir(out), "checkpoints", str(step), "config", "metadata"),
+              "w") as f:
+      f.write("{not json")
+
+  damage_config(12)
+  caplog.clear()
+  with caplog.at_level("WARNING"):
+    assert ft_run.finetune(export, [str(dataset / "event.csv")], out,
+                           config=tiny_config()) == res
+  lines = [r.getMessage() for r in caplog.records if "does not restore" in r.getMessage()]
+  assert len(lines) == 1 and "checkpoint 12 at" in lines[0]
+  assert sorted(os.listdir(os.path.join(run_dir(out), "checkpoints"))) == ["12", "4", "8"]
+  with pytest.raises(ValueError, match="finished with another config"):
+    ft_run.finetune(export, [str(dataset / "event.csv")], out,
+                    config=tiny_config(**{"optim.base_lr": 0.01}))
+  # No config reads at all: the saved result comes back, with one line saying it is unchecked.
+  damage_config(8)
+  damage_config(4)
+  caplog.clear()
+  with caplog.at_level("WARNING"):
+    assert ft_run.finetune(export, [str(dataset / "event.csv")], out,
+                           config=tiny_config()) == res
+  lines = [r.getMessage() for r in caplog.records if "cannot be checked" in r.getMessage()]
+  assert len(lines) == 1 and "\n" not in lines[0]
+
 
 def test_early_stopping_keeps_the_best_evaluation(dataset, export, tmp_path, monkeypatch):
   scores = iter([0.5, 0.7, 0.6, 0.6, 0.9])  # valid per epoch; patience 2 stops after epoch 4

@@ -25,7 +25,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
-from dwm_jax import paths
+from dwm_jax import faults, paths
 from dwm_jax.evaluate import probe
 from dwm_jax.evaluate.encoder import Encoder
 from dwm_jax.evaluate.finetuning import data, model
@@ -182,11 +182,18 @@ def run(setup: FinetuneSetup, compiled: Any, evaluator: Evaluator, encoder: Enco
   config = setup.config
   done = read_result(workdir)
   if done is not None and done.get("score") is not None:
+    # The config of the newest checkpoint that reads (a damaged newest one is skipped, not
+    # moved: nothing trains here).
     manager = ckpt.make_manager(workdir, read_only=True)
     try:
-      diff = config_diff(ckpt.saved_config(manager, manager.latest_step()), config)
+      _, saved = ckpt.readable_steps(workdir, manager, lambda s: ckpt.saved_config(manager, s))
+    except (ckpt.NoReadableCheckpoint, FileNotFoundError) as e:
+      saved = None
+      log.warning("%s: finished before (score %.4f), but its config cannot be checked (%s); "
+                  "returning the saved result", workdir, done["score"], faults.one_line(e))
     finally:
       manager.close()
+    diff = [] if saved is None else config_diff(saved, config)
     if diff:
       raise ValueError(f"{workdir} holds a run finished with another config ("
                        f"{'; '.join(diff[:5])}): use another output folder or delete it")
