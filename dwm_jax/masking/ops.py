@@ -1,6 +1,8 @@
 """Exact-count building blocks shared by the strategies (static shapes, no loops over the batch)."""
 from __future__ import annotations
 
+from typing import Any, Callable
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -28,15 +30,23 @@ def count_dtype(n: int) -> jnp.dtype:
   return jnp.int16 if n < 2**15 else jnp.int32
 
 
+# Where a while loop's data-dependent predicate is a round trip to the host: XLA:GPU copies it
+# back and waits for the stream on every pass (``WhileThunk``) and for every ``cond`` branch
+# index, unless the trip count is known at compile time. There the selections run a fixed
+# number of passes and skip the tie test; CPU and TPU evaluate predicates where they compute.
+HOST_PREDICATE_PLATFORMS = ("cuda", "rocm")
+
+
 def _radix_search(count, k: jnp.ndarray, size: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
   """The k-th largest key of every row and side, fixed one bit at a time from the top.
 
   ``count: uint32 [B, S] -> int32 [B, S]`` counts each side's keys at or above a threshold (one
   fused pass over the row); ``k, size: int32 [B, S]`` are the wanted and available counts.
-  Returns ``(kth: uint32 [B, S], exact)``. The loop stops once every prefix already bounds
-  exactly ``k`` keys (the k-th and (k+1)-th largest differ above the bits left): about
-  ``log2(N * B)`` passes for random keys, not 32. ``exact`` says that held everywhere, so no
-  row has a tie at its k-th key.
+  Returns ``(kth: uint32 [B, S], exact)``. On CPU and TPU the loop stops once every prefix
+  already bounds exactly ``k`` keys (the k-th and (k+1)-th largest differ above the bits left):
+  about ``log2(N * B)`` passes for random keys, not 32. On GPUs it runs all 32 (a known trip
+  count: no host round trip per pass). Either way the mask ``keys >= kth`` is the same.
+  ``exact`` says no row has a tie at its k-th key.
   """
   def fix_bit(state):
     i, prefix, n = state
@@ -49,12 +59,27 @@ def _radix_search(count, k: jnp.ndarray, size: jnp.ndarray) -> tuple[jnp.ndarray
     i, _, n = state
     return (i < 32) & jnp.any(n != k)
 
+  start = (jnp.int32(0), jnp.zeros(k.shape, jnp.uint32), size)
+
   # Not unrolled: the unrolled 32 passes made XLA:CPU compile for minutes on small rows (e.g.
   # [16, 8]) and ran no faster at [2048, 190] (6.0 ms rolled vs 7.0 ms unrolled, 2-core CPU).
-  # n = #(keys >= prefix) >= k throughout; after 32 passes the prefix is the k-th key.
-  _, kth, n = jax.lax.while_loop(undecided, fix_bit,
-                                 (jnp.int32(0), jnp.zeros(k.shape, jnp.uint32), size))
+  # n = #(keys >= prefix) >= k throughout; after 32 passes the prefix is the k-th key; once
+  # n == k it stays so, and keys >= prefix is already the final set.
+  def early_stop():
+    return jax.lax.while_loop(undecided, fix_bit, start)[1:]
+
+  def all_passes():
+    return jax.lax.fori_loop(0, 32, lambda _, state: fix_bit(state), start)[1:]
+
+  kth, n = on_host_predicate_platforms(all_passes, early_stop)
   return kth, jnp.all(n == k)
+
+
+def on_host_predicate_platforms(there: Callable[[], Any], elsewhere: Callable[[], Any]) -> Any:
+  """``there()`` when compiled for a :data:`HOST_PREDICATE_PLATFORMS` platform, else
+  ``elsewhere()`` (both traced; only the target's branch is compiled)."""
+  return jax.lax.platform_dependent(
+      **{p: there for p in HOST_PREDICATE_PLATFORMS}, default=elsewhere)
 
 
 # jit: eager callers (tools, tests) then compile the loop once per shape, not once per call.
@@ -85,9 +110,11 @@ def _largest_mask_keys(keys: jnp.ndarray, k: int | jnp.ndarray) -> jnp.ndarray:
     room = k - jnp.sum(above, axis=-1, keepdims=True, dtype=jnp.int32)
     return above | (tied & (jnp.cumsum(tied, axis=-1, dtype=jnp.int32) <= room))
 
-  # Without ties the cumsum of the tie fill is skipped: it cost as much as the whole search
-  # (measured, 1.7-2x).
-  return jax.lax.cond(exact, lambda: keys >= kth, fill_ties)
+  # Without ties the cumsum of the tie fill is skipped on CPU: it cost as much as the whole
+  # search (measured, 1.7-2x). The fill is right either way, so GPUs run it (no host round trip
+  # for the branch).
+  return on_host_predicate_platforms(fill_ties, lambda: jax.lax.cond(
+      exact, lambda: keys >= kth, fill_ties))
 
 
 @jax.jit
@@ -134,7 +161,8 @@ def _largest_mask_keys_split(keys: jnp.ndarray, group: jnp.ndarray, k_in: jnp.nd
     running = jnp.cumsum(jnp.where(tied, weight, 0), axis=-1, dtype=jnp.int32)
     return above | (tied & (jnp.where(group, running & low, running >> shift) <= room))
 
-  return jax.lax.cond(exact, lambda: keys >= kth, fill_ties)
+  return on_host_predicate_platforms(fill_ties, lambda: jax.lax.cond(
+      exact, lambda: keys >= kth, fill_ties))
 
 
 def split_top_k_keys(keys: jnp.ndarray, group: jnp.ndarray, k_in: int | jnp.ndarray,

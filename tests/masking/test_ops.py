@@ -97,3 +97,59 @@ def test_fill_with_bits_keeps_what_fits_and_fills_the_rest():
   filled = np.asarray(ops.fill_with_bits(bits, jnp.asarray(base), 6))
   assert (filled.sum(-1) == 6).all() and filled[:, 2:5].all()
   np.testing.assert_allclose(filled[:, ~base[0]].mean(0), 3 / 7, atol=0.035)
+
+
+@pytest.fixture
+def gpu_variant(monkeypatch):
+  """The selections as compiled for GPUs (all 32 passes, no tie test), run here on CPU."""
+  monkeypatch.setattr(ops, "HOST_PREDICATE_PLATFORMS", ("cpu", "cuda", "rocm"))
+  jax.clear_caches()   # the jitted selections were traced with the CPU branch
+  yield
+  monkeypatch.undo()
+  jax.clear_caches()
+
+
+@pytest.mark.parametrize("levels", [4, 2**32])
+def test_the_gpu_variant_selects_the_same_sets(gpu_variant, levels):
+  module = jax.export.export(jax.jit(lambda b: ops.top_k_keys(b, 5)), platforms=["cpu"])(
+      jax.ShapeDtypeStruct((8, 40), jnp.uint32)).mlir_module()
+  assert not any("stablehlo.reduce" in c for c in _while_conditions(module))  # it is in use
+  rng = np.random.default_rng(levels % 97)
+  keys = rng.integers(0, levels, (64, 190), dtype=np.uint64).astype(np.uint32)
+  group = rng.random(keys.shape) < 0.7
+  order = np.lexsort((np.broadcast_to(np.arange(190), keys.shape), -keys.astype(np.int64)))
+  for k in (0, 1, 63, 190):
+    ref = np.zeros(keys.shape, bool)
+    np.put_along_axis(ref, order[:, :k], True, axis=1)
+    np.testing.assert_array_equal(ops.top_k_keys(jnp.asarray(keys), k), ref)
+  k_in = np.array([rng.integers(0, g.sum() + 1) for g in group])
+  k_out = np.array([rng.integers(0, (~g).sum() + 1) for g in group])
+  scores = keys.astype(np.float32)
+  np.testing.assert_array_equal(
+      ops.split_top_k_keys(jnp.asarray(keys), jnp.asarray(group), k_in, k_out),
+      split_reference(scores, group, k_in, k_out))
+
+
+def _while_conditions(mlir: str) -> list[str]:
+  """The text of every ``stablehlo.while`` condition region in a printed module."""
+  out = []
+  for part in mlir.split("stablehlo.while")[1:]:
+    cond = part.split(" cond {", 1)[1].split("} do {", 1)[0]
+    out.append(cond)
+  return out
+
+
+def test_gpu_selections_have_known_trip_counts():
+  # XLA:GPU copies a while predicate to the host and waits on every pass unless the trip count
+  # is static: compiled for CUDA, no loop condition may depend on data (no reduction in it).
+  x = jax.ShapeDtypeStruct((8, 40), jnp.uint32)
+  g = jax.ShapeDtypeStruct((8, 40), jnp.bool_)
+  for fn, args in ((lambda b: ops.top_k_keys(b, 5), (x,)),
+                   (lambda b, m: ops.split_top_k_keys(b, m, 3, 2), (x, g))):
+    cpu = _while_conditions(jax.export.export(jax.jit(fn), platforms=["cpu"])(*args)
+                            .mlir_module())
+    cuda = _while_conditions(jax.export.export(jax.jit(fn), platforms=["cuda"])(*args)
+                             .mlir_module())
+    assert cpu and cuda
+    assert any("stablehlo.reduce" in c for c in cpu)      # the early stop, on CPU
+    assert not any("stablehlo.reduce" in c for c in cuda)
