@@ -99,16 +99,6 @@ def test_fill_with_bits_keeps_what_fits_and_fills_the_rest():
   np.testing.assert_allclose(filled[:, ~base[0]].mean(0), 3 / 7, atol=0.035)
 
 
-@pytest.fixture
-def gpu_variant(monkeypatch):
-  """The selections as compiled for GPUs (all 32 passes, no tie test), run here on CPU."""
-  monkeypatch.setattr(ops, "HOST_PREDICATE_PLATFORMS", ("cpu", "cuda", "rocm"))
-  jax.clear_caches()   # the jitted selections were traced with the CPU branch
-  yield
-  monkeypatch.undo()
-  jax.clear_caches()
-
-
 @pytest.mark.parametrize("levels", [4, 2**32])
 def test_the_gpu_variant_selects_the_same_sets(gpu_variant, levels):
   module = jax.export.export(jax.jit(lambda b: ops.top_k_keys(b, 5)), platforms=["cpu"])(
