@@ -22,7 +22,6 @@ import argparse
 import csv
 import os
 import platform
-import statistics
 import subprocess
 import sys
 import time
@@ -33,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from configs import m2d
+from dwm_jax import timing
 from dwm_jax.train import memory
 from dwm_jax.train import mesh as mesh_lib
 from dwm_jax.train import setup as setup_lib
@@ -40,26 +40,6 @@ from dwm_jax.train import state as state_lib
 
 HERE = Path(__file__).resolve().parent
 EXPERIMENTS = HERE.parent
-
-
-def timed(fn, steps: int) -> float:
-  """Median seconds of ``fn()`` (which blocks) over ``steps`` calls after one warm-up."""
-  fn()
-  times = []
-  for _ in range(steps):
-    t = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - t)
-  return statistics.median(times)
-
-
-def matmul_peak(n: int, dtype, steps: int) -> float:
-  """FLOP/s of an ``n x n`` matmul chain in ``dtype`` (the chip's practical matmul peak)."""
-  a = jax.random.normal(jax.random.key(0), (n, n), dtype)
-  b = jax.random.normal(jax.random.key(1), (n, n), dtype)
-  reps = 8  # several matmuls per call: launch overhead out of the figure
-  mm = jax.jit(lambda x, y: jax.lax.fori_loop(0, reps, lambda i, acc: (acc @ y) * 0.5, x))
-  return reps * 2 * n**3 / timed(lambda: mm(a, b).block_until_ready(), steps)
 
 
 def step_config(model: str, batch: int, dtype: str, remat: bool, frames: int):
@@ -100,7 +80,7 @@ def step_measurements(model: str, batch_per_device: int, dtype: str, frames: int
       holder[0], metrics, _ = compiled(holder[0], data, key)
       jax.block_until_ready(metrics["loss"])
 
-    step_s = timed(one, steps)
+    step_s = timing.median_seconds(one, steps)
     # XLA's FLOP count is of the per-device program: the whole step is that times the devices.
     step_flops = flops * mesh.devices.size
     rows.append(dict(
@@ -184,7 +164,8 @@ def main(argv=None) -> int:
     mask_args = ["--batch-sizes", "256,2048", "--grids", "5x38"]
     loop_args = ["--sizes", f"base{per_device * jax.device_count()}", "--steps", "20",
                  "--rounds", "2"]
-  peak = matmul_peak(mm_n, jnp.bfloat16 if dtype == "bfloat16" else jnp.float32, a.steps)
+  peak = timing.matmul_flops_per_s(mm_n, a.steps,
+                                   jnp.bfloat16 if dtype == "bfloat16" else jnp.float32)
   header.append(f"matmul peak measured here: {peak / 1e12:.2f} TFLOP/s per device ({dtype})")
   rows = [dict(measure="matmul_peak", dtype=dtype, tflops=peak / 1e12)]
   rows += step_measurements(model, per_device, dtype, frames, a.steps, peak)

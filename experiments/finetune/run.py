@@ -113,11 +113,8 @@ def main(argv: list[str] | None = None) -> int:
                  help="fine-tuning config override (JSON value), repeatable")
   p.add_argument("--tiny", action="store_true", help="random tiny encoder, 30 clips, 1 epoch")
   args = p.parse_args(argv)
-  if not logging.getLogger().handlers:  # a script run (the tests keep their own handlers)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname).1s %(name)s] "
-                        "%(message)s", datefmt="%H:%M:%S")
-  for name in ("absl", "orbax", "jax._src", "grain"):
-    logging.getLogger(name).setLevel(logging.WARNING)
+  from dwm_jax import console
+  console.setup_logging("info")
   from configs import quickstart
   from dwm_jax.data.labeled import synthetic_tasks
   from dwm_jax.evaluate import evaluate_tasks, finetune

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import logging
 import statistics
 import tempfile
 import time
@@ -34,6 +33,7 @@ import jax
 import numpy as np
 
 from configs import m2d, quickstart
+from dwm_jax import console
 from dwm_jax.train import loop, memory
 from dwm_jax.train import mesh as mesh_lib
 from dwm_jax.train import setup as setup_lib
@@ -164,7 +164,7 @@ def main(argv=None) -> int:
     # first execution of its freshly compiled step (buffer allocation, page faults), which the
     # bare side excludes (measured: 0.74x at ViT-B batch 8 with --warmup 2).
     p.error(f"--warmup must be more than loop.IN_FLIGHT = {loop.IN_FLIGHT}")
-  logging.basicConfig(level=logging.WARNING)
+  console.setup_logging("warning")
   device = f"{jax.devices()[0].device_kind} x{jax.device_count()} ({jax.default_backend()})"
   print(f"device: {device}", flush=True)
   rows = []

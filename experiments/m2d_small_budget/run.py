@@ -387,10 +387,9 @@ def main(argv: list[str] | None = None) -> int:
     for name, (desc, fields) in VARIANTS.items():
       print(f"{name}: {desc}\n    {fields}")
     return 0
-  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s",
-                      datefmt="%H:%M:%S", force=True)
-  for name in ("absl", "orbax", "jax._src", "grain", "dwm_jax.train"):
-    logging.getLogger(name).setLevel(logging.WARNING)
+  from dwm_jax import console
+  console.setup_logging("info")
+  logging.getLogger("dwm_jax.train").setLevel(logging.WARNING)  # one line per run, not per step
   variants = [v.strip() for v in args.variants.split(",") if v.strip()]
   unknown = sorted(set(variants) - set(VARIANTS))
   if unknown or not variants:

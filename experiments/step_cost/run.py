@@ -22,31 +22,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dwm_jax import masking, patching
+from dwm_jax import masking, patching, timing
 from dwm_jax.config import base_config
 from dwm_jax.train import mesh as mesh_lib, setup as setup_lib, state as state_lib
 from dwm_jax.train import step as step_lib
 
 CPU_BATCH = {"tiny": 8, "small": 4, "base": 2, "large": 2}  # global batch on CPU
 ACCEL_BATCH = {"tiny": 256, "small": 256, "base": 128, "large": 64}
-
-
-def timed(fn, steps: int) -> float:
-  """Median seconds of ``fn()`` (which blocks) over ``steps`` calls after one warm-up."""
-  fn()
-  times = []
-  for _ in range(steps):
-    t = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - t)
-  return statistics.median(times)
-
-
-def matmul_flops_per_s(n: int, steps: int) -> float:
-  a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
-  b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
-  mm = jax.jit(lambda x, y: x @ y)
-  return 2 * n ** 3 / timed(lambda: mm(a, b).block_until_ready(), steps)
 
 
 def config_for(size: str, strategy: str, batch: int, frames: int = 608):
@@ -136,7 +118,7 @@ def bench_size(size: str, strategies: list[str], batch: int, steps: int,
     t = statistics.median(times[s])
     share = paired(s, "precomputed")
     vs_random = paired(s, "random") if "random" in times else float("nan")
-    t_mask = timed(mask_fn(setup_for(s)), steps)
+    t_mask = timing.median_seconds(mask_fn(setup_for(s)), steps)
     rows.append(dict(size=size, strategy=s, batch=batch, devices=n_dev, step_s=t,
                      precomputed_step_s=t_pre, clips_per_s=batch / t, mask_share=share,
                      extra_vs_random=vs_random,
@@ -209,7 +191,7 @@ def main(argv=None) -> int:
   on_cpu = jax.default_backend() == "cpu"
   batches = CPU_BATCH if on_cpu else ACCEL_BATCH
   device = f"{jax.devices()[0].device_kind} x{jax.local_device_count()} ({jax.default_backend()})"
-  peak = matmul_flops_per_s(2048 if on_cpu else 8192, steps)
+  peak = timing.matmul_flops_per_s(2048 if on_cpu else 8192, steps)
   rows = []
   for size in sizes:
     batch = a.batch or batches[size]

@@ -363,10 +363,9 @@ def main(argv: list[str] | None = None) -> int:
                  help="retrain even if OUT/runs/<strategy>/seed<S> holds a finished run of this "
                  "config")
   args = p.parse_args(argv)
-  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s",
-                      datefmt="%H:%M:%S", force=True)
-  for name in ("absl", "orbax", "jax._src", "grain", "dwm_jax.train"):
-    logging.getLogger(name).setLevel(logging.WARNING)
+  from dwm_jax import console
+  console.setup_logging("info")
+  logging.getLogger("dwm_jax.train").setLevel(logging.WARNING)  # one line per run, not per step
 
   strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
   unknown = sorted(set(strategies) - set(STRATEGIES))
