@@ -41,7 +41,7 @@ from dwm_jax.patching import Grid
 ATTEMPTS = 10  # per block call, as in BEiT
 CHUNK = 16     # attempts whose noise is drawn at once
 STAGE_SHRINK = 4     # the rows still going move to a batch this many times smaller ...
-STAGE_MIN_ROWS = 64  # ... down to this many rows
+STAGE_MIN_ROWS = 16  # ... down to this many rows
 
 
 def beit_blocks(key: jax.Array, batch: int, grid: Grid, num_masked: int | jnp.ndarray, *,
@@ -80,8 +80,10 @@ def _beit_blocks(key: jax.Array, num_masked: jnp.ndarray, *, batch: int, grid: G
     return jnp.where(m >= 32, jnp.uint32(0xFFFFFFFF),
                      (jnp.uint32(1) << jnp.minimum(m, 31)) - jnp.uint32(1))
 
-  def attempt(state, noise):
-    step, key, mask, count, fails, done = state
+  def rectangle(noise, count):
+    """Attempt ``noise: [4, B]`` at ``count`` -> ``(cols [B, W32], in_rows [B, H], fits,
+    max_mask)``: the rectangle as bit rows, columns ``[left, left + w)`` of each 32-column word
+    on the rows ``[top, top + h)`` (popcounts on words instead of compares on bools)."""
     u_area, u_aspect, u_top, u_left = noise
     max_mask = jnp.minimum(num_masked - count, max_patches).astype(jnp.float32)
     area = min_num_patches + (max_mask - min_num_patches) * u_area
@@ -92,19 +94,30 @@ def _beit_blocks(key: jax.Array, num_masked: jnp.ndarray, *, batch: int, grid: G
     top = jnp.floor(u_top * jnp.maximum(height - h + 1, 1)).astype(jnp.int32)
     left = jnp.floor(u_left * jnp.maximum(width - w + 1, 1)).astype(jnp.int32)
     top, left, h, w = (v[:, None] for v in (top, left, h, w))
-    # The rectangle as bit rows: columns [left, left + w) of each 32-column word, on the rows
-    # [top, top + h). Popcounts on [B, H, W/32] words instead of compares on [B, H, W] bools.
     cols = (low_bits(jnp.clip(left + w - word_start, 0, 32))
-            & ~low_bits(jnp.clip(left - word_start, 0, 32)))               # [B, W32]
-    in_rows = (rows >= top) & (rows < top + h)                           # [B, H]
-    new = jnp.where(in_rows[:, :, None], cols[:, None, :], jnp.uint32(0)) & ~mask
-    n_new = jnp.sum(jax.lax.population_count(new), axis=(1, 2), dtype=jnp.int32)
+            & ~low_bits(jnp.clip(left - word_start, 0, 32)))
+    in_rows = (rows >= top) & (rows < top + h)
+    return cols, in_rows, fits, max_mask
+
+  def attempt(state, rect):
+    step, key, mask, count, fails, done = state
+    cols, in_rows, fits, max_mask = rect
+    rect = jnp.where(in_rows[:, :, None], cols[:, None, :], jnp.uint32(0))
+    n_new = jnp.sum(jax.lax.population_count(rect & ~mask), axis=(1, 2), dtype=jnp.int32)
     ok = ~done & fits & (n_new > 0) & (n_new <= max_mask)
-    mask = mask | jnp.where(ok[:, None, None], new, jnp.uint32(0))
+    # mask | rect, not mask | new: the new bits are then only counted, never stored.
+    mask = mask | jnp.where(ok[:, None, None], rect, jnp.uint32(0))
     count = count + jnp.where(ok, n_new, 0)
     fails = jnp.where(ok, 0, fails + (~done).astype(jnp.int32))
     done = done | (count >= num_masked) | (fails >= ATTEMPTS)
     return step + 1, key, mask, count, fails, done
+
+  def attempt_then_next(state, rect, next_noise):
+    """One attempt, then the next attempt's rectangle from the new count. The rectangle is
+    loop state, so it is computed once per row: computed inside the attempt, XLA:CPU fused the
+    per-row arithmetic into every word of the [B, H, W32] update (1.2-1.5x slower, measured)."""
+    state = attempt(state, rect)
+    return state, rectangle(next_noise, state[3])
 
   bound = ATTEMPTS * (num_masked + 1)
 
@@ -124,18 +137,22 @@ def _beit_blocks(key: jax.Array, num_masked: jnp.ndarray, *, batch: int, grid: G
       noise = ops.uniform_noise(sub, (CHUNK, 4, size))
       first = step
 
+      start = ((step, key, *rest), rectangle(noise[0], rest[1]))
+
       def more(inner):
-        return running(inner) & (inner[0] < first + CHUNK)
+        return running(inner[0]) & (inner[0][0] < first + CHUNK)
+
+      def step_in_chunk(i, inner):
+        return attempt_then_next(*inner, noise[jnp.minimum(i + 1, CHUNK - 1)])
 
       def until_done():
-        return jax.lax.while_loop(
-            more, lambda inner: attempt(inner, noise[inner[0] - first]), (step, key, *rest))
+        return jax.lax.while_loop(more, lambda inner: step_in_chunk(inner[0][0] - first, inner),
+                                  start)[0]
 
       def whole_chunk():
         # A known trip count (no host round trip per attempt on GPUs); attempts on done rows
         # change nothing, and no row needs more than ``bound`` attempts.
-        return jax.lax.fori_loop(0, CHUNK, lambda i, inner: attempt(inner, noise[i]),
-                                 (step, key, *rest))
+        return jax.lax.fori_loop(0, CHUNK, step_in_chunk, start)[0]
 
       return ops.on_host_predicate_platforms(whole_chunk, until_done)
 
