@@ -1,6 +1,7 @@
 """Exact-count building blocks shared by the strategies (static shapes, no loops over the batch)."""
 from __future__ import annotations
 
+import math
 from typing import Any, Callable
 
 import jax
@@ -85,36 +86,47 @@ def on_host_predicate_platforms(there: Callable[[], Any], elsewhere: Callable[[]
 # jit: eager callers (tools, tests) then compile the loop once per shape, not once per call.
 @jax.jit
 def _largest_mask_keys(keys: jnp.ndarray, k: int | jnp.ndarray) -> jnp.ndarray:
-  """True at the ``k`` largest ``keys: uint32 [B, N]`` per row, ties to the lower index.
+  """True at the ``k`` largest ``keys: uint32 [B, ...]`` per row (over all trailing axes, in
+  row-major order), ties to the lower index.
 
   Radix select (:func:`_radix_search`), then the mask is one comparison, plus a tie fill where
   a row has a tie at its k-th key. On CPU this is several times cheaper than XLA's sort-based
   ``top_k`` (see experiments/mask_cost) and it accepts a traced ``k`` with static shapes.
+  Keys built from per-row broadcasts (e.g. ``[B, Fp, 1] | [B, 1, Tp]``) are best passed in that
+  shape: as ``[B, Fp * Tp]`` XLA:CPU emits their fusion with index arithmetic that does not
+  vectorise (4-5x slower with the random bits fused in, measured).
   """
   # The keys are computed once, before the loop (they are its operand), never fused into a
   # pass. The barrier says so to backends that keep it; XLA:CPU removes it before fusion.
   keys = jax.lax.optimization_barrier(keys)
-  b, n = keys.shape
+  b, shape = keys.shape[0], keys.shape
+  n = math.prod(shape[1:])
+  axes = tuple(range(1, keys.ndim))
   k = jnp.broadcast_to(jnp.asarray(k, jnp.int32), (b, 1))
   dtype = count_dtype(n)
 
+  def per_row(x):  # [B, 1] -> [B, 1, ..., 1]
+    return x.reshape((b,) + (1,) * (keys.ndim - 1))
+
   def count(t):
-    return jnp.sum(keys >= t, axis=-1, keepdims=True, dtype=dtype).astype(jnp.int32)
+    return jnp.sum(keys.reshape(b, n) >= t, axis=-1, keepdims=True,
+                   dtype=dtype).astype(jnp.int32)
 
   kth, exact = _radix_search(count, k, jnp.full((b, 1), n, jnp.int32))
 
   def fill_ties():
     # Keys above the k-th are in; keys equal to it fill the room left, in index order.
-    above = keys > kth
-    tied = keys == kth
+    flat = keys.reshape(b, n)
+    above = flat > kth
+    tied = flat == kth
     room = k - jnp.sum(above, axis=-1, keepdims=True, dtype=jnp.int32)
-    return above | (tied & (jnp.cumsum(tied, axis=-1, dtype=jnp.int32) <= room))
+    return (above | (tied & (jnp.cumsum(tied, axis=-1, dtype=jnp.int32) <= room))).reshape(shape)
 
   # Without ties the cumsum of the tie fill is skipped on CPU: it cost as much as the whole
   # search (measured, 1.7-2x). The fill is right either way, so GPUs run it (no host round trip
   # for the branch).
   return on_host_predicate_platforms(fill_ties, lambda: jax.lax.cond(
-      exact, lambda: keys >= kth, fill_ties))
+      exact, lambda: keys >= per_row(kth), fill_ties))
 
 
 @jax.jit
@@ -204,7 +216,8 @@ def top_k_mask(scores: jnp.ndarray, k: int | jnp.ndarray) -> jnp.ndarray:
 
 
 def top_k_keys(keys: jnp.ndarray, k: int | jnp.ndarray) -> jnp.ndarray:
-  """True at the ``k`` largest ``keys: uint32 [B, N]`` per row (ties to the lower index)."""
+  """True at the ``k`` largest ``keys: uint32 [B, ...]`` per row, counted over all trailing axes
+  (ties to the lower row-major index): a bool mask of the keys' shape."""
   return _largest_mask_keys(keys, k)
 
 
@@ -251,7 +264,8 @@ def random_mask(key: jax.Array, batch: int, num_patches: int, num_masked: int) -
 
 
 def fill_with_bits(bits: jnp.ndarray, mask: jnp.ndarray, num_masked: int) -> jnp.ndarray:
-  """:func:`fill_to_count` with its random keys ``bits: uint32 [B, N]`` given."""
+  """:func:`fill_to_count` with its random keys ``bits: uint32`` (the shape of ``mask``, ``[B,
+  ...]``) given."""
   # Masked entries get the top bit: the top-k keeps as many of the current masked entries as fit
   # (chosen uniformly among them by the other 31 random bits) and fills from the rest uniformly.
   keys = (bits >> jnp.uint32(1)) | (mask.astype(jnp.uint32) << jnp.uint32(31))

@@ -37,10 +37,16 @@ def stripes(u_col: jnp.ndarray, u_row: jnp.ndarray, grid: Grid, n_cols: int,
 
   ``u_col: [B, Tp]`` and ``u_row: [B, Fp]`` are uniform noises; the smallest are masked.
   """
+  return _stripes_grid(u_col, u_row, n_cols, n_rows).reshape(-1, grid.num_patches)
+
+
+def _stripes_grid(u_col: jnp.ndarray, u_row: jnp.ndarray, n_cols: int,
+                  n_rows: int) -> jnp.ndarray:
+  """:func:`stripes` on the grid: ``bool [B, Fp, Tp]``."""
   # Exact-count selections: the sets of ``ranks(u) < n`` (ties by lower index), no argsorts.
   cols = ops.smallest_mask(u_col, n_cols)   # [B, Tp]
   rows = ops.smallest_mask(u_row, n_rows)   # [B, Fp]
-  return (rows[:, :, None] | cols[:, None, :]).reshape(-1, grid.num_patches)
+  return rows[:, :, None] | cols[:, None, :]
 
 
 def _fraction(name: str, value: float | None, default: float) -> float:
@@ -64,7 +70,9 @@ def time_frequency_masking(key: jax.Array, patches: jnp.ndarray, *, grid: Grid, 
   b, n, _ = patches.shape
   k_draw, k_hint = jax.random.split(key)
   b_col, b_row, b_fill = ops.draws(k_draw, b, grid.time, grid.freq, n)
-  union = stripes(ops.bits_to_uniform(b_col), ops.bits_to_uniform(b_row), grid,
-                  masked_count(grid.time, pt), masked_count(grid.freq, pf))
-  mask = ops.fill_with_bits(b_fill, union, num_masked)
-  return hint_swap(k_hint, mask, num_masked, hint)
+  union = _stripes_grid(ops.bits_to_uniform(b_col), ops.bits_to_uniform(b_row),
+                        masked_count(grid.time, pt), masked_count(grid.freq, pf))
+  # The fill on the [B, Fp, Tp] grid: flattened first, the broadcast union and the fused random
+  # bits made XLA:CPU's key kernel 4-5x slower (experiments/mask_cost/README.md).
+  mask = ops.fill_with_bits(b_fill.reshape(union.shape), union, num_masked)
+  return hint_swap(k_hint, mask.reshape(b, n), num_masked, hint)

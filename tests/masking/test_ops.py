@@ -112,6 +112,8 @@ def test_the_gpu_variant_selects_the_same_sets(gpu_variant, levels):
     ref = np.zeros(keys.shape, bool)
     np.put_along_axis(ref, order[:, :k], True, axis=1)
     np.testing.assert_array_equal(ops.top_k_keys(jnp.asarray(keys), k), ref)
+    np.testing.assert_array_equal(ops.top_k_keys(jnp.asarray(keys.reshape(64, 10, 19)), k),
+                                  ref.reshape(64, 10, 19))
   k_in = np.array([rng.integers(0, g.sum() + 1) for g in group])
   k_out = np.array([rng.integers(0, (~g).sum() + 1) for g in group])
   scores = keys.astype(np.float32)
@@ -143,3 +145,14 @@ def test_gpu_selections_have_known_trip_counts():
     assert cpu and cuda
     assert any("stablehlo.reduce" in c for c in cpu)      # the early stop, on CPU
     assert not any("stablehlo.reduce" in c for c in cuda)
+
+
+def test_top_k_keys_counts_over_all_trailing_axes():
+  # Keys on the patch grid [B, Fp, Tp] select as their row-major flattening does, ties included.
+  rng = np.random.default_rng(5)
+  keys = rng.integers(0, 6, (32, 5, 38), dtype=np.uint64).astype(np.uint32)
+  for k in (0, 7, 133, 190):
+    flat = ops.top_k_keys(jnp.asarray(keys.reshape(32, 190)), k)
+    grid = ops.top_k_keys(jnp.asarray(keys), k)
+    assert grid.shape == keys.shape
+    np.testing.assert_array_equal(np.asarray(grid).reshape(32, 190), flat)

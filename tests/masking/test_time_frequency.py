@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dwm_jax import masking
+from dwm_jax import masking, patching
 
 from .helpers import jit_sample
 from dwm_jax.masking import ops, time_frequency
@@ -50,3 +50,22 @@ def test_bad_fraction():
   with pytest.raises(ValueError, match="time_ratio must be in"):
     jit_sample("time_frequency", jax.random.key(0), jnp.zeros((1, 190, 1)), grid=(5, 38),
                ratio=0.7, time_ratio=1.5)
+
+
+@pytest.mark.parametrize("grid,hint", [((5, 38), 0.0), ((8, 64), 0.5)])
+def test_the_grid_shaped_fill_is_the_flat_one(grid, hint):
+  # The fill runs on [B, Fp, Tp] (for XLA:CPU's sake); the masks are those of the flat steps.
+  fp, tp = grid
+  n, rows = fp * tp, 64
+  k = patching.num_masked(n, 0.7)
+  key = jax.random.key(4)
+  got = time_frequency.time_frequency_masking(key, jnp.zeros((rows, n, 1)), grid=Grid(*grid),
+                                              num_masked=k, hint=hint, ratio=0.7)
+  k_draw, k_hint = jax.random.split(key)
+  b_col, b_row, b_fill = ops.draws(k_draw, rows, tp, fp, n)
+  counts = [patching.num_masked(m, time_frequency.stripe_ratio(0.7)) for m in (tp, fp)]
+  union = time_frequency.stripes(ops.bits_to_uniform(b_col), ops.bits_to_uniform(b_row),
+                                 Grid(*grid), *counts)
+  flat = masking.hint_swap(k_hint, ops.fill_with_bits(b_fill, union, k), k, hint)
+  np.testing.assert_array_equal(got, flat)
+  assert (np.asarray(got).sum(-1) == k).all()
