@@ -64,7 +64,8 @@ def _swap(key: jax.Array, mask: jnp.ndarray, num_masked: int, n_swap: jnp.ndarra
   # last column is exactly 1 > u). Comparing all K + 1 columns cost 4x more at [2048, 512].
   j = jnp.searchsorted(cdf, u_count[:, 0], side="right",
                        method="scan_unrolled").astype(jnp.int32)          # [B]
-  return ops.split_top_k_keys(order, mask, num_masked - n_swap + j, n_swap - j)
+  return ops.split_top_k_keys(order, mask, num_masked - n_swap + j, n_swap - j,
+                              group_size=num_masked)
 
 
 def hint_swap(key: jax.Array, mask: jnp.ndarray, num_masked: int,

@@ -1,6 +1,7 @@
 """Exact-count building blocks shared by the strategies (static shapes, no loops over the batch)."""
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Callable
 
@@ -129,28 +130,30 @@ def _largest_mask_keys(keys: jnp.ndarray, k: int | jnp.ndarray) -> jnp.ndarray:
       exact, lambda: keys >= per_row(kth), fill_ties))
 
 
-@jax.jit
+@functools.partial(jax.jit, static_argnames="group_size")
 def _largest_mask_keys_split(keys: jnp.ndarray, group: jnp.ndarray, k_in: jnp.ndarray,
-                             k_out: jnp.ndarray) -> jnp.ndarray:
+                             k_out: jnp.ndarray, group_size: int | None = None) -> jnp.ndarray:
   """The ``k_in`` largest ``keys`` where ``group`` and the ``k_out`` largest where not.
 
   ``keys: uint32 [B, N]``, ``group: bool [B, N]``, ``k_in, k_out: int [B, 1]`` (traced). Both
   radix searches share one loop: each pass counts both sides at once, packed in one integer
-  (inside in the low ``s`` bits, outside above them, ``2**s > N``), so a pass is one fused
-  weighted count instead of two selections' two.
+  (``inside + outside * base`` with ``base`` above any inside count), so a pass is one fused
+  weighted count instead of two selections' two. ``group_size`` (static), when every row's group
+  has that many entries, gives the smallest base, and with it 16-bit counts on larger rows.
   """
   keys = jax.lax.optimization_barrier(keys)
   b, n = keys.shape
-  shift = max(n, 1).bit_length()          # 2**shift > N
-  low = jnp.int32((1 << shift) - 1)
+  base = group_size + 1 if group_size is not None else 1 << max(n, 1).bit_length()
+  outside_max = n - group_size if group_size is not None else n
   k = jnp.concatenate([jnp.asarray(k_in, jnp.int32), jnp.asarray(k_out, jnp.int32)], axis=1)
-  weight = jnp.where(group, 1, 1 << shift).astype(jnp.int32)
-  # The packed count in 16 bits where it fits (N < 256): narrower sums vectorise better.
-  pass_dtype = jnp.uint16 if (n << shift) + n < 2**16 else jnp.int32
+  weight = jnp.where(group, 1, base).astype(jnp.int32)
+  # The packed count in 16 bits where it fits: narrower sums vectorise better (at [2048, 512]
+  # with K = 358 masked, 16 against 32 bits cut the swap's passes by a third, measured).
+  pass_dtype = jnp.uint16 if (base - 1) + outside_max * base < 2**16 else jnp.int32
   pass_weight = weight.astype(pass_dtype)
 
   def unpack(packed):  # [B, 1] -> [B, 2] (inside, outside)
-    return jnp.concatenate([packed & low, packed >> shift], axis=1)
+    return jnp.concatenate([packed % base, packed // base], axis=1)
 
   def per_entry(x):  # [B, 2] (inside, outside) -> [B, N]
     return jnp.where(group, x[:, :1], x[:, 1:])
@@ -171,19 +174,23 @@ def _largest_mask_keys_split(keys: jnp.ndarray, group: jnp.ndarray, k_in: jnp.nd
                                         dtype=jnp.int32)))
     # Ties fill in index order within each side (the running packed count, unpacked per side).
     running = jnp.cumsum(jnp.where(tied, weight, 0), axis=-1, dtype=jnp.int32)
-    return above | (tied & (jnp.where(group, running & low, running >> shift) <= room))
+    return above | (tied & (jnp.where(group, running % base, running // base) <= room))
 
   return on_host_predicate_platforms(fill_ties, lambda: jax.lax.cond(
       exact, lambda: keys >= kth, fill_ties))
 
 
 def split_top_k_keys(keys: jnp.ndarray, group: jnp.ndarray, k_in: int | jnp.ndarray,
-                     k_out: int | jnp.ndarray) -> jnp.ndarray:
-  """:func:`split_top_k_mask` on ``keys: uint32 [B, N]`` (e.g. :func:`random_bits`)."""
+                     k_out: int | jnp.ndarray, group_size: int | None = None) -> jnp.ndarray:
+  """:func:`split_top_k_mask` on ``keys: uint32 [B, N]`` (e.g. :func:`random_bits`).
+
+  ``group_size``: pass it when every row's ``group`` holds exactly that many entries (e.g. an
+  exact-count mask): the passes then count in 16 bits on rows up to about ``2**16 / K`` wide.
+  """
   b = keys.shape[0]
   k_in = jnp.broadcast_to(jnp.asarray(k_in, jnp.int32).reshape(-1, 1), (b, 1))
   k_out = jnp.broadcast_to(jnp.asarray(k_out, jnp.int32).reshape(-1, 1), (b, 1))
-  return _largest_mask_keys_split(keys, group, k_in, k_out)
+  return _largest_mask_keys_split(keys, group, k_in, k_out, group_size=group_size)
 
 
 def split_top_k_mask(scores: jnp.ndarray, group: jnp.ndarray, k_in: int | jnp.ndarray,

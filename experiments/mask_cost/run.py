@@ -258,7 +258,7 @@ def bench_config(grid: patching.Grid, batch: int, strategies: Sequence[str], *, 
         # the expected number of patches (n - E[j], j hypergeometric as in hint.py).
         moved = round(n_swap - n_swap * n_swap / (n - k + n_swap))
         split = jax.jit(lambda bits, m, moved=moved: ops.split_top_k_keys(
-            bits, m, k - moved, moved))
+            bits, m, k - moved, moved, group_size=k))
         bits = ops.random_bits(jax.random.fold_in(key, 3), (batch, n))
         check_count(PIECE_SWAP_SELECTION.format(hint), split(bits, base), k)
         add(PIECE_SWAP_SELECTION.format(hint), "piece",

@@ -156,3 +156,21 @@ def test_top_k_keys_counts_over_all_trailing_axes():
     grid = ops.top_k_keys(jnp.asarray(keys), k)
     assert grid.shape == keys.shape
     np.testing.assert_array_equal(np.asarray(grid).reshape(32, 190), flat)
+
+
+@pytest.mark.parametrize("n,k", [(512, 358), (190, 133), (40, 17)])
+def test_split_with_a_known_group_size_selects_the_same_sets(n, k):
+  # The swap's case: every row's group (its mask) holds exactly K entries, so the packed
+  # counts use base K + 1 (16 bits up to 8x64). Same sets as the generic packing.
+  rng = np.random.default_rng(n)
+  keys = rng.integers(0, 2**32, (48, n), dtype=np.uint64).astype(np.uint32)
+  keys[:, 1::5] = keys[:, ::5][:, :keys[:, 1::5].shape[1]]          # ties
+  group = np.asarray(ops.top_k_keys(jnp.asarray(rng.integers(0, 2**32, (48, n), dtype=np.uint64)
+                                               .astype(np.uint32)), k))
+  k_in = rng.integers(0, k + 1, 48)
+  k_out = np.minimum(rng.integers(0, n - k + 1, 48), n - k)
+  ref = split_reference(keys.astype(np.int64), group, k_in, k_out)
+  got = ops.split_top_k_keys(jnp.asarray(keys), jnp.asarray(group), k_in, k_out, group_size=k)
+  np.testing.assert_array_equal(got, ref)
+  np.testing.assert_array_equal(got, ops.split_top_k_keys(jnp.asarray(keys), jnp.asarray(group),
+                                                          k_in, k_out))
