@@ -102,7 +102,6 @@ def _largest_mask_keys(keys: jnp.ndarray, k: int | jnp.ndarray) -> jnp.ndarray:
   keys = jax.lax.optimization_barrier(keys)
   b, shape = keys.shape[0], keys.shape
   n = math.prod(shape[1:])
-  axes = tuple(range(1, keys.ndim))
   k = jnp.broadcast_to(jnp.asarray(k, jnp.int32), (b, 1))
   dtype = count_dtype(n)
 

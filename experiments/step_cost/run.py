@@ -191,7 +191,7 @@ def main(argv=None) -> int:
   on_cpu = jax.default_backend() == "cpu"
   batches = CPU_BATCH if on_cpu else ACCEL_BATCH
   device = f"{jax.devices()[0].device_kind} x{jax.local_device_count()} ({jax.default_backend()})"
-  peak = timing.matmul_flops_per_s(2048 if on_cpu else 8192, steps)
+  peak = timing.matmul_flops_per_s(2048 if on_cpu else 8192, steps, chain=1)
   rows = []
   for size in sizes:
     batch = a.batch or batches[size]
