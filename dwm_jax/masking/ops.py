@@ -100,8 +100,8 @@ def _largest_mask_keys(keys: jnp.ndarray, k: int | jnp.ndarray) -> jnp.ndarray:
   # The keys are computed once, before the loop (they are its operand), never fused into a
   # pass. The barrier says so to backends that keep it; XLA:CPU removes it before fusion.
   keys = jax.lax.optimization_barrier(keys)
-  b, shape = keys.shape[0], keys.shape
-  n = math.prod(shape[1:])
+  shape = keys.shape
+  b, n = shape[0], math.prod(shape[1:])
   k = jnp.broadcast_to(jnp.asarray(k, jnp.int32), (b, 1))
   dtype = count_dtype(n)
 

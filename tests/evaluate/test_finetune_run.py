@@ -167,12 +167,17 @@ def test_damaged_checkpoint_is_set_aside_and_the_run_resumes_exactly(dataset, ex
               "w") as f:
       f.write("{not json")
 
+  def rerun_warnings(phrase):
+    """Reruns the finished run with its config: the same result, and the warnings naming
+    ``phrase``."""
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+      assert ft_run.finetune(export, [str(dataset / "event.csv")], out,
+                             config=tiny_config()) == res
+    return [r.getMessage() for r in caplog.records if phrase in r.getMessage()]
+
   damage_config(12)
-  caplog.clear()
-  with caplog.at_level("WARNING"):
-    assert ft_run.finetune(export, [str(dataset / "event.csv")], out,
-                           config=tiny_config()) == res
-  lines = [r.getMessage() for r in caplog.records if "does not restore" in r.getMessage()]
+  lines = rerun_warnings("does not restore")
   assert len(lines) == 1 and "checkpoint 12 at" in lines[0]
   assert sorted(os.listdir(os.path.join(run_dir(out), "checkpoints"))) == ["12", "4", "8"]
   with pytest.raises(ValueError, match="finished with another config"):
@@ -181,11 +186,7 @@ def test_damaged_checkpoint_is_set_aside_and_the_run_resumes_exactly(dataset, ex
   # No config reads at all: the saved result comes back, with one line saying it is unchecked.
   damage_config(8)
   damage_config(4)
-  caplog.clear()
-  with caplog.at_level("WARNING"):
-    assert ft_run.finetune(export, [str(dataset / "event.csv")], out,
-                           config=tiny_config()) == res
-  lines = [r.getMessage() for r in caplog.records if "cannot be checked" in r.getMessage()]
+  lines = rerun_warnings("cannot be checked")
   assert len(lines) == 1 and "\n" not in lines[0]
 
 
