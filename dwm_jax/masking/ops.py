@@ -39,16 +39,18 @@ def count_dtype(n: int) -> jnp.dtype:
 HOST_PREDICATE_PLATFORMS = ("cuda", "rocm")
 
 
-def _radix_search(count, k: jnp.ndarray, size: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
+def _radix_search(count, k: jnp.ndarray, size: jnp.ndarray, prefix: jnp.ndarray | None = None,
+                  first_bit: int = 0) -> tuple[jnp.ndarray, jnp.ndarray]:
   """The k-th largest key of every row and side, fixed one bit at a time from the top.
 
   ``count: uint32 [B, S] -> int32 [B, S]`` counts each side's keys at or above a threshold (one
   fused pass over the row); ``k, size: int32 [B, S]`` are the wanted and available counts.
-  Returns ``(kth: uint32 [B, S], exact)``. On CPU and TPU the loop stops once every prefix
-  already bounds exactly ``k`` keys (the k-th and (k+1)-th largest differ above the bits left):
-  about ``log2(N * B)`` passes for random keys, not 32. On GPUs it runs all 32 (a known trip
-  count: no host round trip per pass). Either way the mask ``keys >= kth`` is the same.
-  ``exact`` says no row has a tie at its k-th key.
+  ``prefix: uint32 [B, S]`` holds bits every side's keys share above ``first_bit`` (bit 0 is the
+  top one), e.g. a side flag in the top bit. Returns ``(kth: uint32 [B, S], exact)``. On CPU and
+  TPU the loop stops once every prefix already bounds exactly ``k`` keys (the k-th and
+  (k+1)-th largest differ above the bits left): about ``log2(N * B)`` passes for random keys,
+  not 32. On GPUs it runs all of them (a known trip count: no host round trip per pass). Either
+  way the mask ``keys >= kth`` is the same. ``exact`` says no row has a tie at its k-th key.
   """
   def fix_bit(state):
     i, prefix, n = state
@@ -61,17 +63,19 @@ def _radix_search(count, k: jnp.ndarray, size: jnp.ndarray) -> tuple[jnp.ndarray
     i, _, n = state
     return (i < 32) & jnp.any(n != k)
 
-  start = (jnp.int32(0), jnp.zeros(k.shape, jnp.uint32), size)
+  if prefix is None:
+    prefix = jnp.zeros(k.shape, jnp.uint32)
+  start = (jnp.int32(first_bit), prefix, size)
 
   # Not unrolled: the unrolled 32 passes made XLA:CPU compile for minutes on small rows (e.g.
   # [16, 8]) and ran no faster at [2048, 190] (6.0 ms rolled vs 7.0 ms unrolled, 2-core CPU).
-  # n = #(keys >= prefix) >= k throughout; after 32 passes the prefix is the k-th key; once
+  # n = #(keys >= prefix) >= k throughout; after the last pass the prefix is the k-th key; once
   # n == k it stays so, and keys >= prefix is already the final set.
   def early_stop():
     return jax.lax.while_loop(undecided, fix_bit, start)[1:]
 
   def all_passes():
-    return jax.lax.fori_loop(0, 32, lambda _, state: fix_bit(state), start)[1:]
+    return jax.lax.fori_loop(first_bit, 32, lambda _, state: fix_bit(state), start)[1:]
 
   kth, n = on_host_predicate_platforms(all_passes, early_stop)
   return kth, jnp.all(n == k)
@@ -130,77 +134,82 @@ def _largest_mask_keys(keys: jnp.ndarray, k: int | jnp.ndarray) -> jnp.ndarray:
 
 
 @functools.partial(jax.jit, static_argnames="group_size")
-def _largest_mask_keys_split(keys: jnp.ndarray, group: jnp.ndarray, k_in: jnp.ndarray,
+def _largest_mask_keys_split(bits: jnp.ndarray, group: jnp.ndarray, k_in: jnp.ndarray,
                              k_out: jnp.ndarray, group_size: int | None = None) -> jnp.ndarray:
-  """The ``k_in`` largest ``keys`` where ``group`` and the ``k_out`` largest where not.
+  """The ``k_in`` largest ``bits >> 1`` where ``group`` and the ``k_out`` largest where not.
 
-  ``keys: uint32 [B, N]``, ``group: bool [B, N]``, ``k_in, k_out: int [B, 1]`` (traced). Both
-  radix searches share one loop: each pass counts both sides at once, packed in one integer
-  (``inside + outside * base`` with ``base`` above any inside count), so a pass is one fused
-  weighted count instead of two selections' two. ``group_size`` (static), when every row's group
-  has that many entries, gives the smallest base, and with it 16-bit counts on larger rows.
+  ``bits: uint32 [B, ...]``, ``group: bool`` of that shape, ``k_in, k_out: int [B, 1]`` (traced).
+  The group goes into the keys' top bit (``keys = bits >> 1 | group << 31``), so every inside
+  key is above every outside one and a threshold says its side by its top bit: each pass
+  compares the keys alone with the two sides' thresholds and sums one packed count (1 for an
+  inside key at or above its threshold, ``base`` for an outside key below its own), no group
+  or weight read. ``base`` exceeds any inside count; ``group_size`` (static), when every row's
+  group has that many entries, gives the smallest, and with it 16-bit counts on larger rows.
   """
-  keys = jax.lax.optimization_barrier(keys)
-  b, n = keys.shape
+  shape = bits.shape
+  b, n = shape[0], math.prod(shape[1:])
+  # Computed once, before the loop (its operand), in the caller's shape: a [B, Fp, Tp] group
+  # flattened first made XLA:CPU's key kernel index-bound (see _largest_mask_keys).
+  keys = jax.lax.optimization_barrier(
+      (bits >> jnp.uint32(1)) | (group.astype(jnp.uint32) << jnp.uint32(31))).reshape(b, n)
+  group = group.reshape(b, n)
   base = group_size + 1 if group_size is not None else 1 << max(n, 1).bit_length()
   outside_max = n - group_size if group_size is not None else n
   k = jnp.concatenate([jnp.asarray(k_in, jnp.int32), jnp.asarray(k_out, jnp.int32)], axis=1)
-  weight = jnp.where(group, 1, base).astype(jnp.int32)
   # The packed count in 16 bits where it fits: narrower sums vectorise better (at [2048, 512]
   # with K = 358 masked, 16 against 32 bits cut the swap's passes by a third, measured).
   pass_dtype = jnp.uint16 if (base - 1) + outside_max * base < 2**16 else jnp.int32
-  pass_weight = weight.astype(pass_dtype)
+  if group_size is not None:
+    size_in = jnp.full((b, 1), group_size, jnp.int32)
+  else:
+    size_in = jnp.sum(group, axis=-1, keepdims=True, dtype=jnp.int32)
+  size = jnp.concatenate([size_in, n - size_in], axis=1)
 
-  def unpack(packed):  # [B, 1] -> [B, 2] (inside, outside)
-    return jnp.concatenate([packed % base, packed // base], axis=1)
+  def count(t):  # [B, 2] thresholds (inside >= 2**31 > outside) -> [B, 2] counts
+    # Arithmetic, not selects: XLA:CPU vectorises it better (1.04-1.37 plain selections a pass
+    # at 5x38-8x64 against 1.09-1.44 with nested selects, measured).
+    w = ((keys >= t[:, :1]).astype(pass_dtype)
+         + (keys < t[:, 1:]).astype(pass_dtype) * pass_dtype(base))
+    packed = jnp.sum(w, axis=-1, keepdims=True, dtype=pass_dtype).astype(jnp.int32)
+    return jnp.concatenate([packed % base, size[:, 1:] - packed // base], axis=1)
 
-  def per_entry(x):  # [B, 2] (inside, outside) -> [B, N]
-    return jnp.where(group, x[:, :1], x[:, 1:])
-
-  def count(t):
-    hit = keys >= per_entry(t)
-    packed = jnp.sum(jnp.where(hit, pass_weight, 0), axis=-1, keepdims=True, dtype=pass_dtype)
-    return unpack(packed.astype(jnp.int32))
-
-  size_in = jnp.sum(group, axis=-1, keepdims=True, dtype=jnp.int32)
-  kth, exact = _radix_search(count, k, jnp.concatenate([size_in, n - size_in], axis=1))
-  kth = per_entry(kth)
+  # Each side's search starts below its flag bit.
+  prefix = jnp.broadcast_to(jnp.array([1 << 31, 0], jnp.uint32), (b, 2))
+  kth, exact = _radix_search(count, k, size, prefix, first_bit=1)
+  kth = jnp.where(group, kth[:, :1], kth[:, 1:])
 
   def fill_ties():
+    # Keys above the k-th are in; ties fill each side's room left, in index order (the running
+    # packed count, unpacked per side).
+    weight = jnp.where(group, 1, base).astype(jnp.int32)
     above = keys > kth
     tied = keys == kth
-    room = per_entry(k - unpack(jnp.sum(jnp.where(above, weight, 0), axis=-1, keepdims=True,
-                                        dtype=jnp.int32)))
-    # Ties fill in index order within each side (the running packed count, unpacked per side).
+    taken = jnp.sum(jnp.where(above, weight, 0), axis=-1, keepdims=True, dtype=jnp.int32)
+    room = k - jnp.concatenate([taken % base, taken // base], axis=1)
     running = jnp.cumsum(jnp.where(tied, weight, 0), axis=-1, dtype=jnp.int32)
-    return above | (tied & (jnp.where(group, running % base, running // base) <= room))
+    return above | (tied & (jnp.where(group, running % base, running // base)
+                            <= jnp.where(group, room[:, :1], room[:, 1:])))
 
-  return on_host_predicate_platforms(fill_ties, lambda: jax.lax.cond(
+  mask = on_host_predicate_platforms(fill_ties, lambda: jax.lax.cond(
       exact, lambda: keys >= kth, fill_ties))
+  return mask.reshape(shape)
 
 
-def split_top_k_keys(keys: jnp.ndarray, group: jnp.ndarray, k_in: int | jnp.ndarray,
+def split_top_k_keys(bits: jnp.ndarray, group: jnp.ndarray, k_in: int | jnp.ndarray,
                      k_out: int | jnp.ndarray, group_size: int | None = None) -> jnp.ndarray:
-  """:func:`split_top_k_mask` on ``keys: uint32 [B, N]`` (e.g. :func:`random_bits`).
+  """``k_in`` entries inside ``group`` plus ``k_out`` outside it, per row, by largest key.
 
+  ``bits: uint32 [B, ...]`` (e.g. :func:`random_bits`) are the keys; their top 31 bits order
+  each side (``bits >> 1``), ties to the lower row-major index. ``group: bool`` of the same
+  shape; counts scalars or ``int [B]`` / ``[B, 1]`` (may be traced; ``0 <= k_in <= |group|``,
+  ``0 <= k_out <= N - |group|`` per row). One radix loop: the cost of one selection, not two.
   ``group_size``: pass it when every row's ``group`` holds exactly that many entries (e.g. an
   exact-count mask): the passes then count in 16 bits on rows up to about ``2**16 / K`` wide.
   """
-  b = keys.shape[0]
+  b = bits.shape[0]
   k_in = jnp.broadcast_to(jnp.asarray(k_in, jnp.int32).reshape(-1, 1), (b, 1))
   k_out = jnp.broadcast_to(jnp.asarray(k_out, jnp.int32).reshape(-1, 1), (b, 1))
-  return _largest_mask_keys_split(keys, group, k_in, k_out, group_size=group_size)
-
-
-def split_top_k_mask(scores: jnp.ndarray, group: jnp.ndarray, k_in: int | jnp.ndarray,
-                     k_out: int | jnp.ndarray) -> jnp.ndarray:
-  """``k_in`` largest scores inside ``group`` plus ``k_out`` largest outside it, per row.
-
-  ``scores: [B, N]``, ``group: bool [B, N]``, counts scalars or ``int [B]`` / ``[B, 1]`` (may be
-  traced; ``0 <= k_in <= |group|``, ``0 <= k_out <= N - |group|`` per row). Ties go to the lower
-  index, as :func:`top_k_mask`. One radix loop: the cost of one selection, not two.
-  """
-  return split_top_k_keys(orderable_keys(scores), group, k_in, k_out)
+  return _largest_mask_keys_split(bits, group, k_in, k_out, group_size=group_size)
 
 
 def smallest_mask(x: jnp.ndarray, n: int | jnp.ndarray, max_n: int | None = None) -> jnp.ndarray:

@@ -11,7 +11,8 @@ split whose union covers ``ratio`` of the grid before rounding, so the trim/fill
 the mask keeps its stripe structure. Pass explicit fractions in [0, 1] to reproduce AudioMAE's
 fine-tuning settings (e.g. 0.2 / 0.2 for AudioSet).
 
-Hint: the usual hint swap (``hint.py``); at ``hint >= 1`` it is plain random masking.
+Hint: the usual hint swap (``hint.py``), drawn together with the trim/fill as one selection
+(``hint.fill_and_swap``); at ``hint >= 1`` it is plain random masking.
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from dwm_jax.masking import ops
-from dwm_jax.masking.hint import hint_swap
+from dwm_jax.masking.hint import fill_and_swap
 from dwm_jax.masking.registry import register
 from dwm_jax.patching import Grid, num_masked as masked_count
 
@@ -70,9 +71,11 @@ def time_frequency_masking(key: jax.Array, patches: jnp.ndarray, *, grid: Grid, 
   b, n, _ = patches.shape
   k_draw, k_hint = jax.random.split(key)
   b_col, b_row, b_fill = ops.draws(k_draw, b, grid.time, grid.freq, n)
-  union = _stripes_grid(ops.bits_to_uniform(b_col), ops.bits_to_uniform(b_row),
-                        masked_count(grid.time, pt), masked_count(grid.freq, pf))
-  # The fill on the [B, Fp, Tp] grid: flattened first, the broadcast union and the fused random
-  # bits made XLA:CPU's key kernel 4-5x slower (experiments/mask_cost/README.md).
-  mask = ops.fill_with_bits(b_fill.reshape(union.shape), union, num_masked)
-  return hint_swap(k_hint, mask.reshape(b, n), num_masked, hint)
+  n_cols, n_rows = masked_count(grid.time, pt), masked_count(grid.freq, pf)
+  union = _stripes_grid(ops.bits_to_uniform(b_col), ops.bits_to_uniform(b_row), n_cols, n_rows)
+  # Every row's union holds the same number of patches, so the fill and the swap are one
+  # selection at h > 0. On the [B, Fp, Tp] grid: flattened first, the broadcast union and the
+  # fused random bits made XLA:CPU's key kernel 4-5x slower (experiments/mask_cost/README.md).
+  size = n_cols * grid.freq + n_rows * grid.time - n_cols * n_rows
+  mask = fill_and_swap(k_hint, b_fill.reshape(union.shape), union, size, num_masked, hint)
+  return mask.reshape(b, n)

@@ -1,10 +1,11 @@
 import pytest
 
-from dwm_jax.masking import block, ops
+from dwm_jax.masking import block, hint, ops
 
-# The jitted functions whose trace reads ops.HOST_PREDICATE_PLATFORMS.
+# The jitted functions whose trace reads ops.HOST_PREDICATE_PLATFORMS (an outer jit caches the
+# inner ones' traces with it).
 _TRACED_WITH_THE_BRANCH = (ops._largest_mask_keys, ops._largest_mask_keys_split,  # pylint: disable=protected-access
-                           block._beit_blocks)  # pylint: disable=protected-access
+                           block._beit_blocks, hint._hint_swap, hint._fill_and_swap)  # pylint: disable=protected-access
 
 
 def _clear():

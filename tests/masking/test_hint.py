@@ -149,11 +149,44 @@ def test_swap_is_uniform_within_the_masked_and_the_visible_patches():
     assert off.max() - off.min() < 10 * sigma, (off.min(), off.max())
 
 
-def test_overlap_table_matches_exact_counts():
+def test_kept_table_of_the_plain_swap_is_the_overlap_law():
   from dwm_jax.masking import hint as hint_mod
-  table = hint_mod.overlap_cdf(20, 12)
+  table = hint_mod.kept_cdf(20, 12, 12)
   assert table.shape == (13, 13) and table.dtype == np.float32
   for n in range(13):
+    # m = |swapped & mask| = K - n + j.
     cdf = np.cumsum(overlap_pmf(20, 12, n))
-    np.testing.assert_allclose(table[n, :n + 1], cdf, atol=1e-7)
-    assert (table[n, n:] == 1.0).all()
+    np.testing.assert_allclose(table[n, 12 - n:], cdf, atol=1e-7)
+    assert (table[n, :12 - n] == 0.0).all()
+
+
+def enumerated_kept_pmf(num_patches, num_masked, union_size, n):
+  """Exact P(|R & U| = m) by listing every outcome: U the first u patches, trimmed or filled to K
+  uniformly, then n revealed uniformly and n re-masked uniformly from the rest."""
+  from fractions import Fraction
+  from itertools import combinations
+  patches, union = range(num_patches), set(range(union_size))
+  if union_size >= num_masked:
+    fills = [set(c) for c in combinations(sorted(union), num_masked)]
+  else:
+    fills = [union | set(c) for c in combinations(sorted(set(patches) - union),
+                                                   num_masked - union_size)]
+  pmf = [Fraction(0)] * (num_masked + 1)
+  for filled in fills:
+    reveals = list(combinations(sorted(filled), n))
+    for revealed in reveals:
+      kept = filled - set(revealed)
+      remasks = list(combinations(sorted(set(patches) - kept), n))
+      for remasked in remasks:
+        weight = Fraction(1, len(fills) * len(reveals) * len(remasks))
+        pmf[len((kept | set(remasked)) & union)] += weight
+  return np.array([float(p) for p in pmf])
+
+
+@pytest.mark.parametrize("union_size", [0, 2, 4, 6, 7])
+def test_kept_table_matches_every_outcome_of_fill_then_swap(union_size):
+  from dwm_jax.masking import hint as hint_mod
+  table = hint_mod.kept_cdf(7, 4, union_size)
+  for n in range(5):
+    ref = np.cumsum(enumerated_kept_pmf(7, 4, union_size, n))
+    np.testing.assert_allclose(table[n], np.minimum(ref, 1.0), atol=1e-6)

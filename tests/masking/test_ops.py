@@ -31,10 +31,12 @@ def test_fill_to_count_keeps_what_fits_and_is_uniform():
   np.testing.assert_allclose(trimmed[:, :8].mean(0), 5 / 8, atol=0.035)
 
 
-def split_reference(scores, group, k_in, k_out):
-  """numpy: the k_in largest inside the group and k_out largest outside, ties to lower index."""
-  out = np.zeros(scores.shape, bool)
-  for r, (s, g) in enumerate(zip(scores, group)):
+def split_reference(bits, group, k_in, k_out):
+  """numpy: the k_in largest ``bits >> 1`` inside the group and k_out largest outside, ties to
+  the lower index."""
+  keys = np.asarray(bits).astype(np.int64) >> 1
+  out = np.zeros(keys.shape, bool)
+  for r, (s, g) in enumerate(zip(keys, group)):
     for side, k in ((g, k_in[r]), (~g, k_out[r])):
       idx = np.flatnonzero(side)
       order = idx[np.lexsort((idx, -s[idx]))]
@@ -45,16 +47,18 @@ def split_reference(scores, group, k_in, k_out):
 # A few shapes (each one compiles the loop), many contents.
 @settings(max_examples=25, deadline=None)
 @given(rows=st.sampled_from([1, 4]), n=st.sampled_from([1, 9, 40]), seed=st.integers(0, 2**16),
-       levels=st.sampled_from([3, 1000]))
-def test_split_top_k_mask_matches_reference(rows, n, seed, levels):
+       levels=st.sampled_from([3, 1000, 2**31]))
+def test_split_top_k_keys_matches_reference(rows, n, seed, levels):
   rng = np.random.default_rng(seed)
-  scores = (rng.integers(0, levels, (rows, n)) / levels).astype(np.float32)  # 3 levels: ties
+  # The top 31 bits order (3 levels: ties); the lowest bit is noise the selection ignores.
+  bits = (rng.integers(0, levels, (rows, n), dtype=np.uint64) << 1
+          | rng.integers(0, 2, (rows, n), dtype=np.uint64)).astype(np.uint32)
   group = rng.random((rows, n)) < 0.5
   k_in = np.array([rng.integers(0, g.sum() + 1) for g in group])
   k_out = np.array([rng.integers(0, (~g).sum() + 1) for g in group])
-  got = ops.split_top_k_mask(jnp.asarray(scores), jnp.asarray(group), jnp.asarray(k_in),
+  got = ops.split_top_k_keys(jnp.asarray(bits), jnp.asarray(group), jnp.asarray(k_in),
                              jnp.asarray(k_out))
-  np.testing.assert_array_equal(got, split_reference(scores, group, k_in, k_out))
+  np.testing.assert_array_equal(got, split_reference(bits, group, k_in, k_out))
 
 
 @settings(max_examples=25, deadline=None)
@@ -116,10 +120,9 @@ def test_the_gpu_variant_selects_the_same_sets(gpu_variant, levels):
                                   ref.reshape(64, 10, 19))
   k_in = np.array([rng.integers(0, g.sum() + 1) for g in group])
   k_out = np.array([rng.integers(0, (~g).sum() + 1) for g in group])
-  scores = keys.astype(np.float32)
   np.testing.assert_array_equal(
       ops.split_top_k_keys(jnp.asarray(keys), jnp.asarray(group), k_in, k_out),
-      split_reference(scores, group, k_in, k_out))
+      split_reference(keys, group, k_in, k_out))
 
 
 def _while_conditions(mlir: str) -> list[str]:
@@ -158,6 +161,21 @@ def test_top_k_keys_counts_over_all_trailing_axes():
     np.testing.assert_array_equal(np.asarray(grid).reshape(32, 190), flat)
 
 
+def test_split_top_k_keys_counts_over_all_trailing_axes():
+  # The stripes' case: bits and group on the grid [B, Fp, Tp] select as their flattening does.
+  rng = np.random.default_rng(6)
+  bits = rng.integers(0, 12, (32, 5, 38), dtype=np.uint64).astype(np.uint32)   # ties
+  group = rng.random(bits.shape) < 0.6
+  sizes = group.reshape(32, -1).sum(-1)
+  k_in = rng.integers(0, sizes + 1)
+  k_out = rng.integers(0, 190 - sizes + 1)
+  grid = ops.split_top_k_keys(jnp.asarray(bits), jnp.asarray(group), k_in, k_out)
+  assert grid.shape == bits.shape
+  np.testing.assert_array_equal(np.asarray(grid).reshape(32, 190),
+                                split_reference(bits.reshape(32, 190), group.reshape(32, 190),
+                                                k_in, k_out))
+
+
 @pytest.mark.parametrize("n,k", [(512, 358), (190, 133), (40, 17)])
 def test_split_with_a_known_group_size_selects_the_same_sets(n, k):
   # The swap's case: every row's group (its mask) holds exactly K entries, so the packed
@@ -169,7 +187,7 @@ def test_split_with_a_known_group_size_selects_the_same_sets(n, k):
                                                .astype(np.uint32)), k))
   k_in = rng.integers(0, k + 1, 48)
   k_out = np.minimum(rng.integers(0, n - k + 1, 48), n - k)
-  ref = split_reference(keys.astype(np.int64), group, k_in, k_out)
+  ref = split_reference(keys, group, k_in, k_out)
   got = ops.split_top_k_keys(jnp.asarray(keys), jnp.asarray(group), k_in, k_out, group_size=k)
   np.testing.assert_array_equal(got, ref)
   np.testing.assert_array_equal(got, ops.split_top_k_keys(jnp.asarray(keys), jnp.asarray(group),

@@ -52,20 +52,57 @@ def test_bad_fraction():
                ratio=0.7, time_ratio=1.5)
 
 
-@pytest.mark.parametrize("grid,hint", [((5, 38), 0.0), ((8, 64), 0.5)])
-def test_the_grid_shaped_fill_is_the_flat_one(grid, hint):
-  # The fill runs on [B, Fp, Tp] (for XLA:CPU's sake); the masks are those of the flat steps.
+def _union(key, rows, grid):
+  """The stripes the strategy draws from ``key`` (its first split), ``bool [rows, N]``."""
   fp, tp = grid
-  n, rows = fp * tp, 64
-  k = patching.num_masked(n, 0.7)
-  key = jax.random.key(4)
-  got = time_frequency.time_frequency_masking(key, jnp.zeros((rows, n, 1)), grid=Grid(*grid),
-                                              num_masked=k, hint=hint, ratio=0.7)
-  k_draw, k_hint = jax.random.split(key)
-  b_col, b_row, b_fill = ops.draws(k_draw, rows, tp, fp, n)
+  b_col, b_row, b_fill = ops.draws(jax.random.split(key)[0], rows, tp, fp, fp * tp)
   counts = [patching.num_masked(m, time_frequency.stripe_ratio(0.7)) for m in (tp, fp)]
   union = time_frequency.stripes(ops.bits_to_uniform(b_col), ops.bits_to_uniform(b_row),
                                  Grid(*grid), *counts)
-  flat = masking.hint_swap(k_hint, ops.fill_with_bits(b_fill, union, k), k, hint)
-  np.testing.assert_array_equal(got, flat)
+  return union, b_fill
+
+
+@pytest.mark.parametrize("grid", [(5, 38), (8, 64)])
+def test_the_grid_shaped_fill_is_the_flat_one(grid):
+  # The fill runs on [B, Fp, Tp] (for XLA:CPU's sake); the masks are those of the flat steps.
+  n, rows = grid[0] * grid[1], 64
+  k = patching.num_masked(n, 0.7)
+  key = jax.random.key(4)
+  got = time_frequency.time_frequency_masking(key, jnp.zeros((rows, n, 1)), grid=Grid(*grid),
+                                              num_masked=k, hint=0.0, ratio=0.7)
+  union, b_fill = _union(key, rows, grid)
+  np.testing.assert_array_equal(got, ops.fill_with_bits(b_fill, union, k))
   assert (np.asarray(got).sum(-1) == k).all()
+
+
+@pytest.mark.parametrize("grid", [(4, 10), (3, 7)])
+def test_fill_and_swap_in_one_selection_has_the_two_step_law(grid):
+  # At h > 0 the trim/fill and the swap are one selection (hint.fill_and_swap). Its law must be
+  # that of the two steps written out in numpy on the same stripes: trim or fill uniformly to
+  # K, reveal n masked uniformly, re-mask n from the rest uniformly.
+  n, rows, hint = grid[0] * grid[1], 6000, 0.5
+  k = patching.num_masked(n, 0.7)
+  key = jax.random.key(9)
+  got = np.asarray(time_frequency.time_frequency_masking(
+      key, jnp.zeros((rows, n, 1)), grid=Grid(*grid), num_masked=k, hint=hint, ratio=0.7))
+  union = np.asarray(_union(key, rows, grid)[0])
+  assert (got.sum(-1) == k).all()
+  rng, swaps = np.random.default_rng(0), int(k * hint)
+  ref = np.zeros_like(union)
+  for r, row in enumerate(union):
+    inside, outside = np.flatnonzero(row), np.flatnonzero(~row)
+    filled = (rng.choice(inside, k, replace=False) if len(inside) >= k else
+              np.concatenate([inside, rng.choice(outside, k - len(inside), replace=False)]))
+    kept = np.setdiff1d(filled, rng.choice(filled, swaps, replace=False))
+    ref[r, kept] = True
+    ref[r, rng.choice(np.flatnonzero(~ref[r]), swaps, replace=False)] = True
+  # The count inside the stripes, and every patch's frequency given the stripes.
+  m_got, m_ref = (got & union).sum(-1), (ref & union).sum(-1)
+  support = np.arange(k + 1)
+  p_got, p_ref = (np.bincount(m, minlength=k + 1) / rows for m in (m_got, m_ref))
+  sigma = np.sqrt((p_got + p_ref) / rows) + 1e-12
+  assert (np.abs(p_got - p_ref) < 5 * sigma + 2e-3).all(), (support, p_got, p_ref)
+  for side in (union, ~union):
+    seen = side.sum(0)                                    # rows where patch i is on this side
+    f_got, f_ref = ((m & side).sum(0) / np.maximum(seen, 1) for m in (got, ref))
+    assert (np.abs(f_got - f_ref) < 5 * np.sqrt(0.5 / np.maximum(seen, 1))).all(), (f_got, f_ref)
