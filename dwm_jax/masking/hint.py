@@ -70,10 +70,12 @@ def kept_cdf(num_patches: int, num_masked: int, group_size: int) -> np.ndarray:
   pmf = np.zeros((k + 1, k + 1))
   for n in range(k + 1):
     revealed = _hypergeometric(log_fact, k, s, n)                     # [n + 1]: r
-    remasked = _hypergeometric(log_fact, n_all - k + n, u - s + np.arange(n + 1), n)  # [r, t]
-    m = s - np.arange(n + 1)[:, None] + np.arange(n + 1)[None, :]
-    ok = (m >= 0) & (m <= k)
-    np.add.at(pmf[n], m[ok], (revealed[:, None] * remasked)[ok])
+    r = np.flatnonzero(revealed)   # one value when U holds the mask or lies inside it
+    remasked = _hypergeometric(log_fact, n_all - k + n, u - s + r, n)  # [len(r), n + 1]: t
+    m = s - r[:, None] + np.arange(n + 1)[None, :]
+    weight = revealed[r, None] * remasked
+    ok = weight > 0
+    pmf[n] = np.bincount(m[ok], weight[ok], minlength=k + 1)
   cdf = np.cumsum(pmf, axis=1) / pmf.sum(axis=1, keepdims=True)
   cdf[:, s:] = 1.0   # exactly (m <= s): the inverse CDF below then never passes it
   return cdf.astype(np.float32)
