@@ -25,8 +25,9 @@ non_overlapping=False``):
 Hint: as in the authors' wrapper only ``hint >= 1`` matters (the whole mask becomes uniform random
 masking); ``full_hint=True`` applies the usual hint swap instead (see ``hint.py``).
 
-Vectorised: each clamped block is a rectangle ``[r0, r1] x [c0, c1]``, so the union of the blocks
-is an ``any`` over centres of row-interval x column-interval indicators; no scatter, no loops.
+Vectorised: each clamped block is a rectangle ``[r0, r1] x [c0, c1]``, so the number of blocks
+covering a cell is a sum over centres of row-interval x column-interval indicators (a batched
+matmul); no scatter, no loops.
 """
 from __future__ import annotations
 
@@ -46,7 +47,6 @@ def num_centres(num_patches: int, keep_prob: float, block_size: int, adjust: flo
 
 def blocks_from_centres(centres: jnp.ndarray, grid: Grid, block_size: int) -> jnp.ndarray:
   """Union of the clamped ``L x L`` blocks around flat ``centres: int [B, C]``: ``bool [B, N]``."""
-  batch = centres.shape[0]
   row, col = centres // grid.time, centres % grid.time
   lo = -(block_size // 2)
   hi = lo + block_size - 1
@@ -57,8 +57,12 @@ def blocks_from_centres(centres: jnp.ndarray, grid: Grid, block_size: int) -> jn
   t = jnp.arange(grid.time)
   in_rows = (f >= r0[..., None]) & (f <= r1[..., None])  # [B, C, Fp]
   in_cols = (t >= c0[..., None]) & (t <= c1[..., None])  # [B, C, Tp]
-  covered = jnp.any(in_rows[..., :, None] & in_cols[..., None, :], axis=1)  # [B, Fp, Tp]
-  return covered.reshape(batch, grid.num_patches)
+  # How many blocks cover each cell, as a batched matmul of the 0/1 intervals (exact: 0 and 1 in
+  # any matmul precision, integer sums in float32). XLA:CPU computes a dot apart from its
+  # consumers; an ``any`` over the centres was fused into the fill's key kernel with its random
+  # bits, and the strategy ran 1.1-2.7x slower (measured, experiments/mask_cost/README.md).
+  count = jnp.einsum("bcf,bct->bft", in_rows.astype(jnp.float32), in_cols.astype(jnp.float32))
+  return (count > 0.5).reshape(centres.shape[0], grid.num_patches)
 
 
 def uniform_centres(u: jnp.ndarray, num_patches: int) -> jnp.ndarray:
