@@ -23,7 +23,8 @@ on they continue in a batch that size (gathered, then scattered back). On GPUs, 
 data-dependent predicate is a host round trip, the stop is checked once per chunk of 16
 attempts instead of at every attempt (the same process, its noise cut at other steps).
 
-Hint: the usual hint swap (``hint.py``); at ``hint >= 1`` it is plain random masking.
+Hint: the usual hint swap (``hint.py``), drawn together with the fill as one selection
+(``hint.fill_and_swap``); at ``hint >= 1`` it is plain random masking.
 """
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ import jax
 import jax.numpy as jnp
 
 from dwm_jax.masking import ops
-from dwm_jax.masking.hint import hint_swap
+from dwm_jax.masking.hint import fill_and_swap
 from dwm_jax.masking.registry import register
 from dwm_jax.patching import Grid
 
@@ -201,5 +202,5 @@ def block_masking(key: jax.Array, patches: jnp.ndarray, *, grid: Grid, num_maske
   blocks = beit_blocks(k_blocks, b, grid, num_masked, min_num_patches=min_num_patches,
                        max_num_patches=max_num_patches, min_aspect=min_aspect,
                        max_aspect=max_aspect)
-  mask = ops.fill_with_bits(ops.random_bits(k_fill, (b, n)), blocks, num_masked)
-  return hint_swap(k_hint, mask, num_masked, hint)
+  # BEiT never masks more than K, so the fill and the hint swap are one selection at h > 0.
+  return fill_and_swap(k_hint, ops.random_bits(k_fill, (b, n)), blocks, None, num_masked, hint)

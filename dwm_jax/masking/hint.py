@@ -28,28 +28,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dwm_jax.masking import ops
+from dwm_jax.masking import hypergeometric, ops
 
 
 def num_hinted(num_masked: int, hint: float | jnp.ndarray) -> jnp.ndarray:
   """``int(K * hint)`` clipped to ``[0, K]`` (traced-friendly int32 scalar)."""
   h = jnp.asarray(hint, jnp.float32)
   return jnp.clip(jnp.floor(num_masked * h), 0, num_masked).astype(jnp.int32)
-
-
-def _hypergeometric(log_fact: np.ndarray, total: int, good: np.ndarray | int,
-                    draws: int) -> np.ndarray:
-  """``P(x good among draws)`` for ``x = 0..draws``: ``[..., draws + 1]`` float64 (``good`` may
-  be an array of good counts, one distribution each)."""
-  good = np.asarray(good)[..., None]
-  x = np.arange(draws + 1)
-  bad = total - good
-  possible = (x <= good) & (draws - x <= bad)
-  a, c = np.clip(x, 0, good), np.clip(draws - x, 0, bad)
-  # log C(good, x) + log C(bad, draws - x) - log C(total, draws), impossible ones at 0.
-  log_pmf = (log_fact[good] - log_fact[a] - log_fact[good - a] + log_fact[bad] - log_fact[c]
-             - log_fact[bad - c] - log_fact[total] + log_fact[draws] + log_fact[total - draws])
-  return np.where(possible, np.exp(np.where(possible, log_pmf, 0.0)), 0.0)
 
 
 @functools.lru_cache(maxsize=32)
@@ -65,13 +50,13 @@ def kept_cdf(num_patches: int, num_masked: int, group_size: int) -> np.ndarray:
   n_all, k, u = num_patches, num_masked, group_size
   if not (0 <= k <= n_all and 0 <= u <= n_all):
     raise ValueError(f"kept_cdf needs 0 <= K, u <= N; got N={n_all}, K={k}, u={u}")
-  log_fact = np.concatenate([[0.0], np.cumsum(np.log(np.arange(1, n_all + 1)))])
+  log_fact = hypergeometric.log_factorials(n_all)
   s = min(u, k)
   pmf = np.zeros((k + 1, k + 1))
   for n in range(k + 1):
-    revealed = _hypergeometric(log_fact, k, s, n)                     # [n + 1]: r
+    revealed = hypergeometric.pmf(log_fact, k, s, n)                     # [n + 1]: r
     r = np.flatnonzero(revealed)   # one value when U holds the mask or lies inside it
-    remasked = _hypergeometric(log_fact, n_all - k + n, u - s + r, n)  # [len(r), n + 1]: t
+    remasked = hypergeometric.pmf(log_fact, n_all - k + n, u - s + r, n)  # [len(r), n + 1]: t
     m = s - r[:, None] + np.arange(n + 1)[None, :]
     weight = revealed[r, None] * remasked
     ok = weight > 0
@@ -81,21 +66,28 @@ def kept_cdf(num_patches: int, num_masked: int, group_size: int) -> np.ndarray:
   return cdf.astype(np.float32)
 
 
-def _swap(key: jax.Array, group: jnp.ndarray, group_size: int, num_masked: int,
-          n_swap: jnp.ndarray) -> jnp.ndarray:
-  """The result of filling ``group: bool [B, ...]`` (``group_size`` per row) to K and swapping
-  ``n_swap``, in one selection."""
+def _swap(order: jnp.ndarray, u_count: jnp.ndarray, group: jnp.ndarray, group_size: int | None,
+          num_masked: int, n_swap: jnp.ndarray) -> jnp.ndarray:
+  """The result of filling ``group: bool [B, ...]`` to K and swapping ``n_swap``, in one
+  selection ordered by ``order: uint32`` (random bits of ``group``'s shape), its counts drawn by
+  ``u_count: float32 [B, 2]``. ``group_size``: every row's count, or ``None`` for counts that
+  differ per row (each at most K)."""
   b, n = group.shape[0], math.prod(group.shape[1:])
-  order, count_bits = jnp.split(ops.random_bits(key, (b, n + 1)), [n], axis=1)
-  u_count = ops.bits_to_uniform(count_bits)
-  cdf = jnp.asarray(kept_cdf(n, num_masked, group_size))[n_swap]        # [K + 1]
+  size = num_masked if group_size is None else group_size
+  cdf = jnp.asarray(kept_cdf(n, num_masked, size))[n_swap]              # [K + 1]
   # Inverse CDF: m = #{i : P(m <= i) <= u} (a binary search; the CDF is non-decreasing and its
   # columns from min(u, K) on are exactly 1 > u). Comparing all K + 1 columns cost 4x more at
   # [2048, 512].
   m = jnp.searchsorted(cdf, u_count[:, 0], side="right",
                        method="scan_unrolled").astype(jnp.int32)          # [B]
-  return ops.split_top_k_keys(order.reshape(group.shape), group, m, num_masked - m,
-                              group_size=group_size)
+  if group_size is None:
+    # m above is the plain swap's (of a full mask). With ``f = K - |group|`` filled patches,
+    # the swap takes ``K - m`` of the K masked ones out, a hypergeometric number of them filled.
+    filled = num_masked - jnp.sum(group.reshape(b, n), axis=1, dtype=jnp.int32)
+    removed = num_masked - m
+    m = (num_masked - filled) - removed + hypergeometric.sample(
+        u_count[:, 1], num_masked, filled, removed)
+  return ops.split_top_k_keys(order, group, m, num_masked - m, group_size=group_size)
 
 
 def _no_swap(hint: float | jnp.ndarray, num_masked: int) -> bool:
@@ -116,13 +108,17 @@ def hint_swap(key: jax.Array, mask: jnp.ndarray, num_masked: int,
   return _hint_swap(key, mask, num_masked, jnp.asarray(hint, jnp.float32))
 
 
-def fill_and_swap(key: jax.Array, bits: jnp.ndarray, union: jnp.ndarray, union_size: int,
-                  num_masked: int, hint: float | jnp.ndarray) -> jnp.ndarray:
+def fill_and_swap(key: jax.Array, bits: jnp.ndarray, union: jnp.ndarray,
+                  union_size: int | None, num_masked: int,
+                  hint: float | jnp.ndarray) -> jnp.ndarray:
   """``hint_swap(key, ops.fill_with_bits(bits, union, K), K, hint)`` in law, one selection.
 
-  ``union: bool [B, ...]`` holds exactly ``union_size`` patches per row (static); ``bits:
-  uint32`` of its shape order the fill. At ``int(K * hint) == 0`` this is exactly the fill; above,
-  one selection over ``union`` with its own noise replaces the fill's and the swap's.
+  ``union: bool [B, ...]`` holds exactly ``union_size`` patches per row (static), or, with
+  ``union_size=None``, at most K per row (e.g. BEiT's blocks); ``bits: uint32`` of its shape
+  order the fill. At ``int(K * hint) == 0`` this is exactly the fill; above, one selection over
+  ``union`` with its own noise replaces the fill's and the swap's. Per-row sizes draw one more
+  count in a short data-dependent loop (:func:`hypergeometric.sample`): compiled for GPUs they
+  take the fill and then the swap instead.
   """
   if _no_swap(hint, num_masked):
     return ops.fill_with_bits(bits, union, num_masked)
@@ -135,16 +131,40 @@ def fill_and_swap(key: jax.Array, bits: jnp.ndarray, union: jnp.ndarray, union_s
 def _hint_swap(key: jax.Array, mask: jnp.ndarray, num_masked: int,
                hint: jnp.ndarray) -> jnp.ndarray:
   n_swap = num_hinted(num_masked, hint)
-  return jax.lax.cond(n_swap > 0, lambda: _swap(key, mask, num_masked, num_masked, n_swap),
-                      lambda: mask)
+
+  def swapped():
+    b, n = mask.shape
+    order, count_bits = jnp.split(ops.random_bits(key, (b, n + 1)), [n], axis=1)
+    return _swap(order, ops.bits_to_uniform(count_bits), mask, num_masked, num_masked, n_swap)
+
+  return jax.lax.cond(n_swap > 0, swapped, lambda: mask)
 
 
 @functools.partial(jax.jit, static_argnums=(3, 4))
-def _fill_and_swap(key: jax.Array, bits: jnp.ndarray, union: jnp.ndarray, union_size: int,
-                   num_masked: int, hint: jnp.ndarray) -> jnp.ndarray:
+def _fill_and_swap(key: jax.Array, bits: jnp.ndarray, union: jnp.ndarray,
+                   union_size: int | None, num_masked: int, hint: jnp.ndarray) -> jnp.ndarray:
   n_swap = num_hinted(num_masked, hint)
-  return jax.lax.cond(n_swap > 0, lambda: _swap(key, union, union_size, num_masked, n_swap),
-                      lambda: ops.fill_with_bits(bits, union, num_masked))
+
+  def filled():
+    return ops.fill_with_bits(bits, union, num_masked)
+
+  def swapped():
+    # The fill's bits order the selection: they are independent of the union and the fill is
+    # not drawn, so only the counts need new noise.
+    u_count = ops.bits_to_uniform(ops.random_bits(key, (union.shape[0], 2)))
+    if union_size is not None:
+      return _swap(bits, u_count, union, union_size, num_masked, n_swap)
+
+    def fill_then_swap():
+      # On GPUs, where the per-row count's loop would stop the stream at every step. The fill
+      # spent ``bits``, so the swap orders by new ones.
+      order = ops.random_bits(jax.random.fold_in(key, 1), bits.shape)
+      return _swap(order, u_count, filled(), num_masked, num_masked, n_swap)
+
+    return ops.on_host_predicate_platforms(
+        fill_then_swap, lambda: _swap(bits, u_count, union, None, num_masked, n_swap))
+
+  return jax.lax.cond(n_swap > 0, swapped, filled)
 
 
 def hint_schedule(epoch: float | jnp.ndarray, total_epochs: float, *, start_epoch: float = 50.0,

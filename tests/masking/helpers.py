@@ -23,3 +23,32 @@ def neighbour_pairs(cells: np.ndarray, grid) -> np.ndarray:
   """Number of 4-neighbour pairs with both cells set, per row: ``bool [B, N] -> [B]``."""
   g = cells.reshape(-1, *grid)
   return (g[:, 1:, :] & g[:, :-1, :]).sum((1, 2)) + (g[:, :, 1:] & g[:, :, :-1]).sum((1, 2))
+
+
+def fill_then_swap_reference(rng, union: np.ndarray, num_masked: int, hint: float) -> np.ndarray:
+  """The two steps written out in numpy, one row at a time: trim or fill ``union: bool [B, N]``
+  uniformly to K, then the authors' swap (reveal ``int(K * hint)`` masked patches uniformly,
+  re-mask as many uniformly from the rest)."""
+  swaps = int(num_masked * hint)
+  out = np.zeros_like(union)
+  for r, row in enumerate(union):
+    inside, outside = np.flatnonzero(row), np.flatnonzero(~row)
+    filled = (rng.choice(inside, num_masked, replace=False) if len(inside) >= num_masked else
+              np.concatenate([inside, rng.choice(outside, num_masked - len(inside),
+                                                 replace=False)]))
+    out[r, np.setdiff1d(filled, rng.choice(filled, swaps, replace=False))] = True
+    out[r, rng.choice(np.flatnonzero(~out[r]), swaps, replace=False)] = True
+  return out
+
+
+def assert_same_law_given_union(got: np.ndarray, ref: np.ndarray, union: np.ndarray) -> None:
+  """Two mask samples ``bool [B, N]`` drawn on the same unions: the same law of the count inside
+  the union, and every patch as often masked on each side of it (5 sigma)."""
+  rows, n = union.shape
+  p_got, p_ref = (np.bincount((m & union).sum(-1), minlength=n + 1) / rows for m in (got, ref))
+  sigma = np.sqrt((p_got + p_ref) / rows) + 1e-12
+  assert (np.abs(p_got - p_ref) < 5 * sigma + 2e-3).all(), (p_got, p_ref)
+  for side in (union, ~union):
+    seen = np.maximum(side.sum(0), 1)                   # rows where patch i is on this side
+    f_got, f_ref = ((m & side).sum(0) / seen for m in (got, ref))
+    assert (np.abs(f_got - f_ref) < 5 * np.sqrt(0.5 / seen)).all(), (f_got, f_ref)

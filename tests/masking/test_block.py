@@ -11,7 +11,8 @@ from dwm_jax import masking
 from dwm_jax.masking import block
 from dwm_jax.patching import Grid
 
-from .helpers import jit_sample, neighbour_pairs
+from .helpers import (assert_same_law_given_union, fill_then_swap_reference, jit_sample,
+                      neighbour_pairs)
 
 
 def beit_reference(rng, grid, num_masking, min_num=4, min_aspect=0.3):
@@ -63,6 +64,25 @@ def test_block_law_matches_beit(grid, k, variant, request):
     a, b = stat(ours).astype(float), stat(ref).astype(float)
     se = np.sqrt(a.var() / rows + b.var() / rows)
     assert abs(a.mean() - b.mean()) < 5 * se + 1e-9, (a.mean(), b.mean())
+
+
+@pytest.mark.parametrize("variant", ["cpu", "gpu"])
+@pytest.mark.parametrize("grid", [(4, 10), (1, 9)])
+def test_fill_and_swap_in_one_selection_has_the_two_step_law(grid, variant, request):
+  """At h > 0 BEiT's fill and the swap are one selection (a per-row count, hint.fill_and_swap);
+  its law is that of the two steps in numpy on the same blocks. (1, 9): no block fits, the fill
+  does everything. GPUs run the two steps."""
+  if variant == "gpu":
+    request.getfixturevalue("gpu_variant")
+  n, rows, hint = grid[0] * grid[1], 6000, 0.5
+  k = n - int(n * 0.3)
+  key = jax.random.key(11)
+  got = np.asarray(block.block_masking(key, jnp.zeros((rows, n, 1)), grid=Grid(*grid),
+                                       num_masked=k, hint=jnp.float32(hint)))
+  blocks = np.asarray(block.beit_blocks(jax.random.split(key, 3)[0], rows, Grid(*grid), k))
+  assert (got.sum(-1) == k).all() and (blocks.sum(-1) <= k).all()
+  assert_same_law_given_union(got, fill_then_swap_reference(np.random.default_rng(1), blocks, k,
+                                                            hint), blocks)
 
 
 def test_no_block_fits_a_single_row():

@@ -6,7 +6,7 @@ import pytest
 
 from dwm_jax import masking, patching
 
-from .helpers import jit_sample
+from .helpers import assert_same_law_given_union, fill_then_swap_reference, jit_sample
 from dwm_jax.masking import ops, time_frequency
 from dwm_jax.patching import Grid
 
@@ -87,22 +87,5 @@ def test_fill_and_swap_in_one_selection_has_the_two_step_law(grid):
       key, jnp.zeros((rows, n, 1)), grid=Grid(*grid), num_masked=k, hint=hint, ratio=0.7))
   union = np.asarray(_union(key, rows, grid)[0])
   assert (got.sum(-1) == k).all()
-  rng, swaps = np.random.default_rng(0), int(k * hint)
-  ref = np.zeros_like(union)
-  for r, row in enumerate(union):
-    inside, outside = np.flatnonzero(row), np.flatnonzero(~row)
-    filled = (rng.choice(inside, k, replace=False) if len(inside) >= k else
-              np.concatenate([inside, rng.choice(outside, k - len(inside), replace=False)]))
-    kept = np.setdiff1d(filled, rng.choice(filled, swaps, replace=False))
-    ref[r, kept] = True
-    ref[r, rng.choice(np.flatnonzero(~ref[r]), swaps, replace=False)] = True
-  # The count inside the stripes, and every patch's frequency given the stripes.
-  m_got, m_ref = (got & union).sum(-1), (ref & union).sum(-1)
-  support = np.arange(k + 1)
-  p_got, p_ref = (np.bincount(m, minlength=k + 1) / rows for m in (m_got, m_ref))
-  sigma = np.sqrt((p_got + p_ref) / rows) + 1e-12
-  assert (np.abs(p_got - p_ref) < 5 * sigma + 2e-3).all(), (support, p_got, p_ref)
-  for side in (union, ~union):
-    seen = side.sum(0)                                    # rows where patch i is on this side
-    f_got, f_ref = ((m & side).sum(0) / np.maximum(seen, 1) for m in (got, ref))
-    assert (np.abs(f_got - f_ref) < 5 * np.sqrt(0.5 / np.maximum(seen, 1))).all(), (f_got, f_ref)
+  assert_same_law_given_union(got, fill_then_swap_reference(np.random.default_rng(0), union, k,
+                                                            hint), union)
