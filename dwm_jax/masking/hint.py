@@ -14,10 +14,13 @@ uniform ``(K - m)``-subset of the visible ones. So: draw ``m`` by inverse CDF fr
 table computed at trace time (one row per possible ``n``, float32 only in its rounding), then
 one radix selection that keeps the two uniform subsets (``ops.split_top_k_keys``).
 
-The same holds for a strategy whose stripes or blocks ``U`` hold some other fixed number ``u`` of
-patches and are first trimmed or filled to K uniformly (``ops.fill_with_bits``): the fill also
-treats every patch of ``U`` alike and every other alike, so the fill and the swap together are
-again one count ``m = |R & U|`` and one selection (:func:`fill_and_swap`).
+The same holds for a strategy whose stripes or blocks ``U`` are first trimmed or filled to K
+uniformly (``ops.fill_with_bits``): the fill also treats every patch of ``U`` alike and every
+other alike, so the fill and the swap together are again one count ``m = |R & U|`` and one
+selection (:func:`fill_and_swap`), ordered by the fill's own random bits. When every row's ``U``
+holds the same ``u`` patches (stripes), ``m`` comes from a table as above. When ``u`` differs per
+row (BEiT's blocks, at most K), ``m`` is the plain swap's count less the filled patches among
+those it takes out, a hypergeometric count drawn per row (:mod:`hypergeometric`).
 """
 from __future__ import annotations
 
@@ -70,8 +73,8 @@ def _swap(order: jnp.ndarray, u_count: jnp.ndarray, group: jnp.ndarray, group_si
           num_masked: int, n_swap: jnp.ndarray) -> jnp.ndarray:
   """The result of filling ``group: bool [B, ...]`` to K and swapping ``n_swap``, in one
   selection ordered by ``order: uint32`` (random bits of ``group``'s shape), its counts drawn by
-  ``u_count: float32 [B, 2]``. ``group_size``: every row's count, or ``None`` for counts that
-  differ per row (each at most K)."""
+  ``u_count: float32 [B, 1]`` (``[B, 2]`` for ``group_size=None``). ``group_size``: every row's
+  count, or ``None`` for counts that differ per row (each at most K)."""
   b, n = group.shape[0], math.prod(group.shape[1:])
   size = num_masked if group_size is None else group_size
   cdf = jnp.asarray(kept_cdf(n, num_masked, size))[n_swap]              # [K + 1]
@@ -116,9 +119,9 @@ def fill_and_swap(key: jax.Array, bits: jnp.ndarray, union: jnp.ndarray,
   ``union: bool [B, ...]`` holds exactly ``union_size`` patches per row (static), or, with
   ``union_size=None``, at most K per row (e.g. BEiT's blocks); ``bits: uint32`` of its shape
   order the fill. At ``int(K * hint) == 0`` this is exactly the fill; above, one selection over
-  ``union`` with its own noise replaces the fill's and the swap's. Per-row sizes draw one more
-  count in a short data-dependent loop (:func:`hypergeometric.sample`): compiled for GPUs they
-  take the fill and then the swap instead.
+  ``union``, ordered by the same bits, replaces the fill's and the swap's, and ``key`` draws only
+  its counts. Per-row sizes draw one of them in a short data-dependent loop
+  (:func:`hypergeometric.sample`): compiled for GPUs they take the fill and then the swap.
   """
   if _no_swap(hint, num_masked):
     return ops.fill_with_bits(bits, union, num_masked)
