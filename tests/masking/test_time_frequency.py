@@ -80,7 +80,7 @@ def test_fill_and_swap_in_one_selection_has_the_two_step_law(grid):
   # At h > 0 the trim/fill and the swap are one selection (hint.fill_and_swap). Its law must be
   # that of the two steps written out in numpy on the same stripes: trim or fill uniformly to
   # K, reveal n masked uniformly, re-mask n from the rest uniformly.
-  n, rows, hint = grid[0] * grid[1], 6000, 0.5
+  n, rows, hint = grid[0] * grid[1], 4000, 0.5
   k = patching.num_masked(n, 0.7)
   key = jax.random.key(9)
   got = np.asarray(time_frequency.time_frequency_masking(
