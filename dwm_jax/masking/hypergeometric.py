@@ -59,9 +59,10 @@ def sample(u: jnp.ndarray, total: int, good: jnp.ndarray, draws: jnp.ndarray) ->
   """One ``HG(total, good, draws)`` count per row: ``u: float32 [B]`` uniform in [0, 1),
   ``good, draws: int [B]`` in ``[0, total]`` -> ``int32 [B]``.
 
-  Exact up to float32 rounding of the probabilities (about 1e-7 each). Its loop stops when
-  every row's count is found, so its trip count depends on the data: a host round trip per
-  step on GPUs (see ``ops.HOST_PREDICATE_PLATFORMS``), where callers should avoid it.
+  Exact up to float32 rounding of the probabilities (about 1e-7 per step of the recurrence, so
+  about 1e-6 over the values a row visits). Its loop stops when every row's count is found, so
+  its trip count depends on the data: a host round trip per step on GPUs (see
+  ``ops.HOST_PREDICATE_PLATFORMS``), where callers should avoid it.
   """
   good = jnp.asarray(good, jnp.int32)
   draws = jnp.asarray(draws, jnp.int32)
