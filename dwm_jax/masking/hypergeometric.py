@@ -31,12 +31,18 @@ def pmf(log_fact: np.ndarray, total: int, good: np.ndarray | int, draws: int) ->
   good = np.asarray(good)[..., None]
   x = np.arange(draws + 1)
   bad = total - good
-  possible = (x <= good) & (draws - x <= bad)
-  a, c = np.clip(x, 0, good), np.clip(draws - x, 0, bad)
-  # log C(good, x) + log C(bad, draws - x) - log C(total, draws), impossible ones at 0.
-  log_pmf = (log_fact[good] - log_fact[a] - log_fact[good - a] + log_fact[bad] - log_fact[c]
-             - log_fact[bad - c] - log_fact[total] + log_fact[draws] + log_fact[total - draws])
-  return np.where(possible, np.exp(np.where(possible, log_pmf, 0.0)), 0.0)
+  lo, hi = np.maximum(0, draws - bad), np.minimum(good, draws)
+  # Impossible outcomes at 0 (their log evaluated at a clipped, possible x and discarded).
+  log_p = _log_pmf(log_fact, total, good, draws, np.clip(x, lo, hi))
+  return np.where((x >= lo) & (x <= hi), np.exp(log_p), 0.0)
+
+
+def _log_pmf(log_fact: np.ndarray, total, good, draws, x) -> np.ndarray:
+  """``log C(good, x) + log C(total - good, draws - x) - log C(total, draws)`` (arrays
+  broadcast; ``x`` possible)."""
+  bad = total - good
+  return (log_fact[good] - log_fact[x] - log_fact[good - x] + log_fact[bad] - log_fact[draws - x]
+          - log_fact[bad - draws + x] - log_fact[total] + log_fact[draws] + log_fact[total - draws])
 
 
 def _mode(total, good, draws):
@@ -48,11 +54,7 @@ def _mode(total, good, draws):
 def mode_probabilities(total: int) -> np.ndarray:
   """``P(x = mode)`` for every ``(good, draws)``: float32 ``[total + 1, total + 1]`` from float64."""
   g, d = np.meshgrid(np.arange(total + 1), np.arange(total + 1), indexing="ij")
-  m = _mode(total, g, d)
-  lf = log_factorials(total)
-  log_p = (lf[g] - lf[m] - lf[g - m] + lf[total - g] - lf[d - m] - lf[total - g - d + m]
-           - lf[total] + lf[d] + lf[total - d])
-  return np.exp(log_p).astype(np.float32)
+  return np.exp(_log_pmf(log_factorials(total), total, g, d, _mode(total, g, d))).astype(np.float32)
 
 
 def sample(u: jnp.ndarray, total: int, good: jnp.ndarray, draws: jnp.ndarray) -> jnp.ndarray:

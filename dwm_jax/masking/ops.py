@@ -150,8 +150,7 @@ def _largest_mask_keys_split(bits: jnp.ndarray, group: jnp.ndarray, k_in: jnp.nd
   b, n = shape[0], math.prod(shape[1:])
   # Computed once, before the loop (its operand), in the caller's shape: a [B, Fp, Tp] group
   # flattened first made XLA:CPU's key kernel index-bound (see _largest_mask_keys).
-  keys = jax.lax.optimization_barrier(
-      (bits >> jnp.uint32(1)) | (group.astype(jnp.uint32) << jnp.uint32(31))).reshape(b, n)
+  keys = jax.lax.optimization_barrier(flagged_keys(bits, group)).reshape(b, n)
   group = group.reshape(b, n)
   base = group_size + 1 if group_size is not None else 1 << max(n, 1).bit_length()
   outside_max = n - group_size if group_size is not None else n
@@ -283,8 +282,13 @@ def fill_with_bits(bits: jnp.ndarray, mask: jnp.ndarray, num_masked: int) -> jnp
   ...]``) given."""
   # Masked entries get the top bit: the top-k keeps as many of the current masked entries as fit
   # (chosen uniformly among them by the other 31 random bits) and fills from the rest uniformly.
-  keys = (bits >> jnp.uint32(1)) | (mask.astype(jnp.uint32) << jnp.uint32(31))
-  return top_k_keys(keys, num_masked)
+  return top_k_keys(flagged_keys(bits, mask), num_masked)
+
+
+def flagged_keys(bits: jnp.ndarray, flag: jnp.ndarray) -> jnp.ndarray:
+  """``bits >> 1 | flag << 31``: keys ordered by ``flag`` first, then by the top 31 ``bits``
+  (``uint32`` and ``bool`` of one shape)."""
+  return (bits >> jnp.uint32(1)) | (flag.astype(jnp.uint32) << jnp.uint32(31))
 
 
 def fill_to_count(key: jax.Array, mask: jnp.ndarray, num_masked: int) -> jnp.ndarray:

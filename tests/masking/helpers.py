@@ -25,20 +25,27 @@ def neighbour_pairs(cells: np.ndarray, grid) -> np.ndarray:
   return (g[:, 1:, :] & g[:, :-1, :]).sum((1, 2)) + (g[:, :, 1:] & g[:, :, :-1]).sum((1, 2))
 
 
+def swap_reference(rng, mask: np.ndarray, num_masked: int, hint: float) -> np.ndarray:
+  """The authors' swap written out in numpy, one row at a time: reveal ``int(K * hint)`` masked
+  patches uniformly, then re-mask as many uniformly from the visible + revealed ones."""
+  n = int(num_masked * hint)
+  out = mask.copy()
+  for row in out:
+    row[rng.choice(np.flatnonzero(row), n, replace=False)] = False
+    row[rng.choice(np.flatnonzero(~row), n, replace=False)] = True
+  return out
+
+
 def fill_then_swap_reference(rng, union: np.ndarray, num_masked: int, hint: float) -> np.ndarray:
-  """The two steps written out in numpy, one row at a time: trim or fill ``union: bool [B, N]``
-  uniformly to K, then the authors' swap (reveal ``int(K * hint)`` masked patches uniformly,
-  re-mask as many uniformly from the rest)."""
-  swaps = int(num_masked * hint)
-  out = np.zeros_like(union)
+  """The two steps in numpy: trim or fill ``union: bool [B, N]`` uniformly to K, one row at a
+  time, then :func:`swap_reference`."""
+  filled = np.zeros_like(union)
   for r, row in enumerate(union):
     inside, outside = np.flatnonzero(row), np.flatnonzero(~row)
-    filled = (rng.choice(inside, num_masked, replace=False) if len(inside) >= num_masked else
-              np.concatenate([inside, rng.choice(outside, num_masked - len(inside),
-                                                 replace=False)]))
-    out[r, np.setdiff1d(filled, rng.choice(filled, swaps, replace=False))] = True
-    out[r, rng.choice(np.flatnonzero(~out[r]), swaps, replace=False)] = True
-  return out
+    filled[r, (rng.choice(inside, num_masked, replace=False) if len(inside) >= num_masked else
+               np.concatenate([inside, rng.choice(outside, num_masked - len(inside),
+                                                  replace=False)]))] = True
+  return swap_reference(rng, filled, num_masked, hint)
 
 
 def assert_same_law_given_union(got: np.ndarray, ref: np.ndarray, union: np.ndarray) -> None:

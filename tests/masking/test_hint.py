@@ -6,6 +6,8 @@ import pytest
 
 from dwm_jax import masking
 
+from .helpers import swap_reference
+
 N, K, ROWS = 20, 12, 20000
 
 
@@ -68,18 +70,6 @@ def test_hint_schedule():
 
 # --------------------------------------------------------------------------- the one-selection swap
 
-def two_step_reference(rng, mask, num_masked, hint):
-  """The authors' swap written out in numpy, one row at a time: reveal n masked uniformly, then
-  re-mask n uniformly from the visible + revealed ones."""
-  n = int(num_masked * hint)
-  out = mask.copy()
-  for row in out:
-    revealed = rng.choice(np.flatnonzero(row), n, replace=False)
-    row[revealed] = False
-    row[rng.choice(np.flatnonzero(~row), n, replace=False)] = True
-  return out
-
-
 def overlap_pmf(num_patches, num_masked, n):
   """P(j): j of the n re-masked patches were revealed ones (hypergeometric), by counting."""
   from math import comb
@@ -131,7 +121,7 @@ def test_overlap_count_is_hypergeometric_as_in_the_two_step_swap(hint):
   observed = np.bincount(j, minlength=n + 1) / ROWS
   sigma = np.sqrt(pmf * (1 - pmf) / ROWS) + 1e-12
   assert (np.abs(observed - pmf) < 5 * sigma + 1e-4).all(), (observed, pmf)
-  ref = two_step_reference(np.random.default_rng(0), np.asarray(base_mask(4000)), K, hint)
+  ref = swap_reference(np.random.default_rng(0), np.asarray(base_mask(4000)), K, hint)
   ref_j = ref[:, :K].sum(-1) - (K - n)
   ref_obs = np.bincount(ref_j, minlength=n + 1) / len(ref_j)
   assert np.abs(ref_obs - pmf).max() < 5 * np.sqrt(0.25 / 4000)
