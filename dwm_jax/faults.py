@@ -31,6 +31,12 @@ def one_line(e: BaseException, limit: int = 400) -> str:
   return f"{type(e).__name__}: {text}"
 
 
+def listing(items: list[str], shown: int = 3) -> str:
+  """``"a, b, c and 4 more"``: a list kept short enough for a one-line message."""
+  head = ", ".join(items[:shown])
+  return f"{head} and {len(items) - shown} more" if len(items) > shown else head
+
+
 def debug_enabled(flag: bool = False) -> bool:
   """``--debug`` or ``DWM_JAX_DEBUG=1``: show tracebacks of expected failures too."""
   return flag or os.environ.get(DEBUG_ENV, "").lower() in ("1", "true", "yes")

@@ -326,7 +326,7 @@ def restore_latest(workdir: str, manager: ocp.CheckpointManager, *, state_templa
   if damaged:
     raise NoReadableCheckpoint(
         f"no readable checkpoint in {checkpoint_dir(workdir)}, and {len(damaged)} damaged one(s) "
-        f"in {damaged_dir(workdir)} ({', '.join(damaged)}): "
+        f"in {damaged_dir(workdir)} ({faults.listing(sorted(damaged))}): "
         "refusing to train over them. Restore them from a backup, or delete that folder to "
         "start this run from step 0")
   return None
@@ -353,8 +353,10 @@ def readable_steps(workdir: str, manager: ocp.CheckpointManager, restore_fn: Cal
     return s, out
   if not steps:
     raise FileNotFoundError(f"{checkpoint_dir(workdir)!r} holds no finished checkpoint")
-  raise NoReadableCheckpoint(f"no checkpoint of {checkpoint_dir(workdir)} restores: "
-                             + "; ".join(errors))
+  # Each failure was logged as it happened; the message keeps the newest one and a count.
+  raise NoReadableCheckpoint(f"no checkpoint of {checkpoint_dir(workdir)} restores ("
+                             f"{len(errors)} tried; the newest, {errors[0]}): restore them "
+                             "from a backup, or read another run")
 
 
 def config_diff(old: ml_collections.ConfigDict, new: ml_collections.ConfigDict) -> list[str]:

@@ -67,6 +67,9 @@ def test_no_readable_checkpoint_refuses_to_start(reference_run, tmp_path, capsys
     last = err.strip().splitlines()[-1]
     assert last.startswith("dwm-jax pretrain: no readable checkpoint in ")
     assert "damaged_checkpoints" in last and "refusing to train over them" in last
+    # Three names and a count, however many were set aside.
+    names = sorted(os.listdir(os.path.join(workdir, ckpt.DAMAGED_DIR)))
+    assert all(n in last for n in names[:3]) and names[3] not in last and "and 1 more" in last
   assert steps_of(workdir) == [] and len(os.listdir(os.path.join(workdir, ckpt.DAMAGED_DIR))) == 4
 
 
@@ -91,6 +94,19 @@ def test_readers_use_the_newest_readable_checkpoint(reference_run, tmp_path, cap
   assert export.main(["--workdir", workdir, "--out", out]) == 0
   assert_same_tree(load_encoder(out).params, at_6["train"]["params"]["encoder"])
   assert steps_of(workdir) == [2, 4, 6, 8]  # readers never move anything
+
+
+def test_export_of_a_run_with_no_readable_checkpoint_is_one_short_line(reference_run, tmp_path,
+                                                                      capsys):
+  workdir = copy_run(reference_run, tmp_path)
+  for step in steps_of(workdir):
+    truncate_arrays(workdir, step)
+  assert export.main(["--workdir", workdir, "--out", str(tmp_path / "e.msgpack")]) == 1
+  err = capsys.readouterr().err
+  last = err.strip().splitlines()[-1]
+  assert "Traceback" not in err and "restores (4 tried; the newest, step 8: " in last
+  assert "step 6:" not in last and len(last) < 800   # the others are in the log, one line each
+  assert steps_of(workdir) == [2, 4, 6, 8]
 
 
 def _fail_save_at(monkeypatch, step: int):
