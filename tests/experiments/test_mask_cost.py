@@ -62,6 +62,7 @@ def test_check_targets_thresholds(bench):
       row(bench.PIECE_SELECTION, ms=2.0),
       row(bench.PIECE_NO_SWAP, ms=10.0 / 1.02),                      # dwm h=0 is +2%
       row(bench.PIECE_SWAP.format(0.5), ms=2.1),                      # 1.05 selections
+      row("dwm[mad] h=0.5", x_floor=2.0, ms=11.0, authors=20.0),     # the swap adds 1 ms
       row("time h=0", x_random=3.0), row("block h=0.5", x_random=3.2),
       row("random h=0", x_random=1.0), row("informed h=0", x_floor=9.0)])
   by = {text.split(" [")[0].split(":")[0]: ok for text, ok in checks}
@@ -73,11 +74,16 @@ def test_check_targets_thresholds(bench):
       "hint swap at h=0 costs nothing (dwm[mad] h=0 traced <= 1.03x dwm[mad] without swap)":
           True,
       "hint swap h=0.5 <= 1 selection": False,
+      "dwm[mad] h=0.5 <= 3x floor": True,
+      "dwm[mad] h=0.5 >= 10x faster than the authors' torch DWM": True,
       "time h=0 <= 3x random": True,
       "block h=0.5 <= 3x random": False}, checks
   # The B=2048 dwm row has a floor check but no authors check.
   assert sum("B=2048" in text for text, _ in checks) == 1
   assert any("3.01x" in text for text, _ in checks)
+  # The swap's line also says what it adds inside DWM (h=0.5 minus h=0), as selections.
+  swap = next(text for text, _ in checks if text.startswith("hint swap h=0.5"))
+  assert "1.05 selections (in dwm[mad], h=0.5 minus h=0: +1.000 ms = 0.50 selections)" in swap
 
 
 def test_rounds_alternate_their_order(bench):
