@@ -233,6 +233,14 @@ def move_aside(workdir: str, step: int) -> str:
   return target
 
 
+def newest_first(names: list[str]) -> list[str]:
+  """Set-aside checkpoint folders (``<step>-<time>``) by step, newest first."""
+  def step(name: str) -> int:
+    head = name.split("-", 1)[0]
+    return int(head) if head.isdigit() else -1
+  return sorted(names, key=lambda n: (step(n), n), reverse=True)
+
+
 def damaged_checkpoints(workdir: str) -> list[str]:
   path = damaged_dir(workdir)
   return paths.listdir(path) if paths.isdir(path) else []
@@ -326,7 +334,7 @@ def restore_latest(workdir: str, manager: ocp.CheckpointManager, *, state_templa
   if damaged:
     raise NoReadableCheckpoint(
         f"no readable checkpoint in {checkpoint_dir(workdir)}, and {len(damaged)} damaged one(s) "
-        f"in {damaged_dir(workdir)} ({faults.listing(sorted(damaged))}): "
+        f"in {damaged_dir(workdir)} ({faults.listing(newest_first(damaged))}): "
         "refusing to train over them. Restore them from a backup, or delete that folder to "
         "start this run from step 0")
   return None
