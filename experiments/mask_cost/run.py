@@ -55,7 +55,6 @@ PIECE_SGIM = "piece: sgim scores ({})"
 FLOOR_TARGETS = {0.0: 2.5, 0.5: 3.0}   # hint -> dwm time / floor time must be <= this
 AUTHORS_TARGET = 10.0                   # authors' time / dwm time must be >= this ...
 AUTHORS_TARGET_BATCH = 256              # ... at this batch size
-AUTHORS_TARGET_MS = 7.0                 # the issue's figure: 72.2 ms / 10 at 5x38, B=256
 HINT_ZERO_TARGET = 0.03                 # dwm at traced h=0 <= (1 + this) x dwm with no swap
 SWAP_SELECTIONS_TARGET = 1.0            # swap at h>0 <= this many selections
 STRUCTURED_TARGET = 3.0                 # time / time_frequency / block <= this x random
