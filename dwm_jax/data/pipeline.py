@@ -23,7 +23,6 @@ import dataclasses
 import json
 import logging
 import math
-import os
 from typing import Iterator
 
 import grain

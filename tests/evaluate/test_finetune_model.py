@@ -1,6 +1,5 @@
 """The fine-tuned classifier: its clip embedding is the probe's, its head is EVAR's
 ``BatchNorm1d(affine=False)`` + ``Linear`` (checked against torch)."""
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest

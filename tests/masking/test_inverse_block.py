@@ -4,7 +4,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dwm_jax import masking
 from dwm_jax.masking import inverse_block
 from dwm_jax.patching import Grid
 

@@ -4,7 +4,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dwm_jax import masking
 
 from .helpers import jit_sample
 
