@@ -13,6 +13,26 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 if importlib.util.find_spec("triton") is not None:
     import triton  # noqa: F401
 
+@pytest.fixture
+def gpu_variant(monkeypatch):
+  """The masks as compiled for GPUs (no cond, loops with known trip counts), run here on CPU."""
+  # pylint: disable=import-outside-toplevel,protected-access
+  from dwm_jax.masking import block, hint, inverse_block, ops
+  # The jitted functions whose trace reads ops.HOST_PREDICATE_PLATFORMS (an outer jit caches the
+  # inner ones' traces with it). Only these: jax.clear_caches() would make every later test in
+  # the worker compile again.
+  traced_with_the_branch = (ops._largest_mask_keys, ops._largest_mask_keys_split,
+                            block._beit_blocks, hint._hint_swap, hint._fill_and_swap,
+                            inverse_block.random_at_full_hint)
+  monkeypatch.setattr(ops, "HOST_PREDICATE_PLATFORMS", ("cpu", "cuda", "rocm"))
+  for fn in traced_with_the_branch:
+    fn.clear_cache()
+  yield
+  monkeypatch.undo()
+  for fn in traced_with_the_branch:
+    fn.clear_cache()
+
+
 _EMULATOR_DERIVED = ("TENSORSTORE_GCS_HTTP_URL", "EPATH_USE_TF", "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT",
                      "NO_GCE_CHECK", "GOOGLE_AUTH_TOKEN_FOR_TESTING")
 

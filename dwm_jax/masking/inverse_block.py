@@ -101,12 +101,18 @@ def inverse_block_masking(key: jax.Array, patches: jnp.ndarray, *, grid: Grid, n
   return random_at_full_hint(k_hint, mask, jnp.int32(num_masked), jnp.asarray(hint, jnp.float32))
 
 
-# A cond, not a select: below h = 1 the random mask is neither drawn nor selected. jit (K traced):
-# an eager caller would otherwise re-compile the cond (its branches close over the mask) at every
-# call.
+# A cond, not a select: below h = 1 the random mask is neither drawn nor selected; compiled for
+# GPUs, where a cond's predicate is a host round trip, a select. jit (K traced): an eager caller
+# would otherwise re-compile the cond (its branches close over the mask) at every call.
 @jax.jit
 def random_at_full_hint(key: jax.Array, mask: jnp.ndarray, num_masked: jnp.ndarray,
                         hint: jnp.ndarray) -> jnp.ndarray:
   """``mask: bool [B, N]``, or uniform random masking of ``num_masked`` where ``hint >= 1``."""
   b, n = mask.shape
-  return jax.lax.cond(hint >= 1.0, lambda: ops.random_mask(key, b, n, num_masked), lambda: mask)
+
+  def randomised():
+    return ops.random_mask(key, b, n, num_masked)
+
+  return ops.on_host_predicate_platforms(
+      lambda: jnp.where(hint >= 1.0, randomised(), mask),
+      lambda: jax.lax.cond(hint >= 1.0, randomised, lambda: mask))

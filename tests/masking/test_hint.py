@@ -78,7 +78,11 @@ def overlap_pmf(num_patches, num_masked, n):
   return np.array([comb(n, j) * comb(visible, n - j) / total for j in range(n + 1)])
 
 
-def test_hint_zero_is_the_unswapped_mask_exactly():
+@pytest.mark.parametrize("variant", ["cpu", "gpu"])
+def test_hint_zero_is_the_unswapped_mask_exactly(variant, request):
+  """Also as compiled for GPUs, where no cond skips the swap: it runs and gives the mask back."""
+  if variant == "gpu":
+    request.getfixturevalue("gpu_variant")
   x = jax.random.normal(jax.random.key(5), (8, 190, 16))
   swap = jax.jit(lambda key, m, h: masking.hint_swap(key, m, 133, h))
   m = masking.sample("random", jax.random.key(1), x, grid=(5, 38), ratio=0.7)
@@ -86,14 +90,18 @@ def test_hint_zero_is_the_unswapped_mask_exactly():
   for h in (0.0, 0.5 / 133, 0.99 / 133):
     np.testing.assert_array_equal(swap(jax.random.key(2), m, jnp.float32(h)), m)
   assert swap._cache_size() == 1
-  # A strategy end to end: a traced hint of 0 gives exactly the mask of a static 0 (where the
-  # swap is not even traced), and a positive hint changes it.
-  traced = jax.jit(lambda key, h: masking.sample("dwm", key, x, grid=(5, 38), ratio=0.7, hint=h))
-  static = jax.jit(lambda key: masking.sample("dwm", key, x, grid=(5, 38), ratio=0.7, hint=0.0))
-  zero = np.asarray(traced(jax.random.key(3), jnp.float32(0.0)))
-  np.testing.assert_array_equal(zero, static(jax.random.key(3)))
-  assert not np.array_equal(zero, traced(jax.random.key(3), jnp.float32(0.5)))
-  assert traced._cache_size() == 1
+  # Every strategy with a swap or a fill-and-swap end to end: a traced hint of 0 gives exactly
+  # the mask of a static 0 (where the swap is not even traced), and a positive hint changes it.
+  for name in ("dwm", "time", "time_frequency", "block", "inverse_block"):
+    traced = jax.jit(lambda key, h, name=name: masking.sample(name, key, x, grid=(5, 38),
+                                                              ratio=0.7, hint=h))
+    static = jax.jit(lambda key, name=name: masking.sample(name, key, x, grid=(5, 38),
+                                                           ratio=0.7, hint=0.0))
+    zero = np.asarray(traced(jax.random.key(3), jnp.float32(0.0)))
+    np.testing.assert_array_equal(zero, static(jax.random.key(3)), err_msg=name)
+    changed = 1.0 if name == "inverse_block" else 0.5   # its hint acts at 1 only
+    assert not np.array_equal(zero, traced(jax.random.key(3), jnp.float32(changed))), name
+    assert traced._cache_size() == 1
 
 
 @pytest.mark.parametrize("n_patches,k,rows", [(20, 12, 6), (190, 133, 4), (7, 6, 5), (9, 1, 3)])

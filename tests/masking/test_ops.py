@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
+from dwm_jax import masking
 from dwm_jax.masking import ops
 
 
@@ -148,6 +149,25 @@ def test_gpu_selections_have_known_trip_counts():
     assert cpu and cuda
     assert any("stablehlo.reduce" in c for c in cpu)      # the early stop, on CPU
     assert not any("stablehlo.reduce" in c for c in cuda)
+
+
+@pytest.mark.usefixtures("gpu_variant")
+def test_compiled_for_gpus_no_strategy_waits_on_the_host():
+  # As compiled for GPUs (the branch forced here): with the hint traced, no strategy keeps a
+  # cond (XLA:GPU copies its predicate to the host and waits) and every loop has a trip count
+  # XLA knows, except block's stop, checked once per chunk of attempts (one stage at B = 8).
+  x = jnp.zeros((8, 190, 4))
+  for name in masking.names():
+    opts = {"features": jnp.zeros((8, 190, 16))} if name == "informed" else {}
+    fn = jax.jit(lambda key, h, name=name, opts=opts: masking.sample(
+        name, key, x, grid=(5, 38), ratio=0.7, hint=h, **opts))
+    hlo = fn.lower(jax.random.key(0), jnp.float32(0.5)).compile().as_text()
+    whiles = [line for line in hlo.splitlines() if " while(" in line]
+    unknown = [line for line in whiles if "known_trip_count" not in line]
+    assert " conditional(" not in hlo, name
+    assert len(unknown) == (1 if name == "block" else 0), (name, unknown)
+    if name == "dwm":
+      assert whiles   # the check can see the loops
 
 
 def test_top_k_keys_counts_over_all_trailing_axes():

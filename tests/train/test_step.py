@@ -214,6 +214,26 @@ def test_same_seed_reproduces_the_run(two_devices):
   assert a.target_params is None
 
 
+@pytest.mark.usefixtures("gpu_variant")
+@pytest.mark.parametrize("objective,mask,accum", [("m2d", "dwm", 1), ("mae", "block", 2)])
+def test_compiled_for_gpus_the_step_never_waits_on_the_host(objective, mask, accum):
+  # XLA:GPU copies a cond's predicate, and that of a loop of unknown trip count, to the host and
+  # waits for the stream: none may be left in the step (block's stop per chunk of attempts is
+  # the one, documented, exception). Checked on the step's program as compiled with the GPU
+  # branches of the masks (forced on this CPU), gradient accumulation (optax.MultiSteps) too.
+  c = tiny_config(objective, mask)
+  c.optim.accum_steps = accum
+  setup = setup_lib.build(c, dataset_size=BATCH * PER_EPOCH)
+  mesh = mesh_lib.data_mesh(jax.devices()[:1])
+  args = (jax.eval_shape(lambda k: state_lib.create_train_state(setup, k), KEY),
+          {"logmel": jax.ShapeDtypeStruct((BATCH, 32, 64), jnp.float32)}, KEY)
+  hlo = step_lib.jit_train_step(setup, mesh).lower(*args).compile().as_text()
+  whiles = [line for line in hlo.splitlines() if " while(" in line]
+  unknown = [line for line in whiles if "known_trip_count" not in line]
+  assert whiles and " conditional(" not in hlo
+  assert len(unknown) == (1 if mask == "block" else 0), unknown
+
+
 def test_setup_rejects_unknown_mask_options():
   c = tiny_config("m2d", "dwm")
   c.mask.options.metric_typo = "mad"
