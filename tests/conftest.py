@@ -13,6 +13,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 if importlib.util.find_spec("triton") is not None:
     import triton  # noqa: F401
 
+
 @pytest.fixture
 def gpu_variant(monkeypatch):
   """The masks as compiled for GPUs (no cond, loops with known trip counts), run here on CPU."""

@@ -8,8 +8,9 @@ Cost. ``h`` may be traced (the train step computes it from the step counter): th
 under ``lax.cond(n > 0, ...)``, so at ``n == 0`` it costs nothing, draws no noise and never
 recompiles when ``h`` changes. Compiled for GPUs there is no cond: XLA:GPU copies a cond's
 predicate to the host and waits for the stream, once per train step here. There the swap
-always runs; at ``n == 0`` its count is certain and it returns the mask (or the fill) itself. For ``n > 0`` it is one selection, not the reference's two, by
-sampling the outcome's one free count first. The swap treats every masked patch alike and every
+always runs; at ``n == 0`` its count is certain and it returns the mask (or the fill) itself.
+For ``n > 0`` it is one selection, not the reference's two, by sampling the outcome's one free
+count first. The swap treats every masked patch alike and every
 visible one alike, so the law of its result ``R`` is unchanged by any permutation that keeps the
 mask; given ``m = |R & mask|`` it is then a uniform ``m``-subset of the masked patches with a
 uniform ``(K - m)``-subset of the visible ones. So: draw ``m`` by inverse CDF from a float64
@@ -28,7 +29,6 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -96,14 +96,6 @@ def _swap(order: jnp.ndarray, u_count: jnp.ndarray, group: jnp.ndarray, group_si
   return ops.split_top_k_keys(order, group, m, num_masked - m, group_size=group_size)
 
 
-def _if_swapping(n_swap: jnp.ndarray, swapped: Callable[[], jnp.ndarray],
-                 unswapped: Callable[[], jnp.ndarray]) -> jnp.ndarray:
-  """``lax.cond(n_swap > 0, swapped, unswapped)``; compiled for GPUs (a cond's predicate is a
-  host round trip there) ``swapped()`` alone, which at ``n_swap == 0`` equals ``unswapped()``."""
-  return ops.on_host_predicate_platforms(
-      swapped, lambda: jax.lax.cond(n_swap > 0, swapped, unswapped))
-
-
 def _no_swap(hint: float | jnp.ndarray, num_masked: int) -> bool:
   """A concrete hint (e.g. the default 0.0) that swaps nothing: nothing to trace or compile.
   Same float32 arithmetic as :func:`num_hinted`."""
@@ -151,7 +143,8 @@ def _hint_swap(key: jax.Array, mask: jnp.ndarray, num_masked: int,
     order, count_bits = jnp.split(ops.random_bits(key, (b, n + 1)), [n], axis=1)
     return _swap(order, ops.bits_to_uniform(count_bits), mask, num_masked, num_masked, n_swap)
 
-  return _if_swapping(n_swap, swapped, lambda: mask)
+  # At n_swap == 0 the swap gives the mask back: GPUs run it rather than wait on a cond.
+  return ops.shortcut_off_host_predicate_platforms(n_swap == 0, lambda: mask, swapped)
 
 
 @functools.partial(jax.jit, static_argnums=(3, 4))
@@ -178,7 +171,8 @@ def _fill_and_swap(key: jax.Array, bits: jnp.ndarray, union: jnp.ndarray,
     return ops.on_host_predicate_platforms(
         fill_then_swap, lambda: _swap(bits, u_count, union, None, num_masked, n_swap))
 
-  return _if_swapping(n_swap, swapped, filled)
+  # At n_swap == 0 the swap gives the fill itself: GPUs run it rather than wait on a cond.
+  return ops.shortcut_off_host_predicate_platforms(n_swap == 0, filled, swapped)
 
 
 def hint_schedule(epoch: float | jnp.ndarray, total_epochs: float, *, start_epoch: float = 50.0,

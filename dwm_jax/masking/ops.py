@@ -88,6 +88,14 @@ def on_host_predicate_platforms(there: Callable[[], Any], elsewhere: Callable[[]
       **{p: there for p in HOST_PREDICATE_PLATFORMS}, default=elsewhere)
 
 
+def shortcut_off_host_predicate_platforms(use: jnp.ndarray, shortcut: Callable[[], Any],
+                                          general: Callable[[], Any]) -> Any:
+  """``lax.cond(use, shortcut, general)``, except compiled for a
+  :data:`HOST_PREDICATE_PLATFORMS` platform, where a cond's predicate is a host round trip:
+  there ``general()`` alone, which must equal ``shortcut()`` wherever ``use`` holds."""
+  return on_host_predicate_platforms(general, lambda: jax.lax.cond(use, shortcut, general))
+
+
 # jit: eager callers (tools, tests) then compile the loop once per shape, not once per call.
 @jax.jit
 def _largest_mask_keys(keys: jnp.ndarray, k: int | jnp.ndarray) -> jnp.ndarray:
@@ -129,8 +137,7 @@ def _largest_mask_keys(keys: jnp.ndarray, k: int | jnp.ndarray) -> jnp.ndarray:
   # Without ties the cumsum of the tie fill is skipped on CPU: it cost as much as the whole
   # search (measured, 1.7-2x). The fill is right either way, so GPUs run it (no host round trip
   # for the branch).
-  return on_host_predicate_platforms(fill_ties, lambda: jax.lax.cond(
-      exact, lambda: keys >= per_row(kth), fill_ties))
+  return shortcut_off_host_predicate_platforms(exact, lambda: keys >= per_row(kth), fill_ties)
 
 
 @functools.partial(jax.jit, static_argnames="group_size")
@@ -189,8 +196,7 @@ def _largest_mask_keys_split(bits: jnp.ndarray, group: jnp.ndarray, k_in: jnp.nd
     return above | (tied & (jnp.where(group, running % base, running // base)
                             <= jnp.where(group, room[:, :1], room[:, 1:])))
 
-  mask = on_host_predicate_platforms(fill_ties, lambda: jax.lax.cond(
-      exact, lambda: keys >= kth, fill_ties))
+  mask = shortcut_off_host_predicate_platforms(exact, lambda: keys >= kth, fill_ties)
   return mask.reshape(shape)
 
 

@@ -391,11 +391,12 @@ def check_targets(rows: Sequence[dict[str, Any]]) -> list[tuple[str, bool]]:
         sel = r["median_ms"] / select["median_ms"]
         # For information, not the check: what the swap adds to DWM, a difference of two
         # medians (noisier than either).
-        hinted = by.get(strategy_label("dwm", float(method.rsplit("h=", 1)[1]), "mad"))
+        hint = method.rsplit("h=", 1)[1]
+        hinted = by.get(strategy_label("dwm", float(hint), "mad"))
         inside = ""
         if hinted and sample0:
           extra_ms = hinted["median_ms"] - sample0["median_ms"]
-          inside = (f" (in dwm[mad], h={method.rsplit('h=', 1)[1]} minus h=0: "
+          inside = (f" (in dwm[mad], h={hint} minus h=0: "
                     f"{extra_ms:+.3f} ms = {extra_ms / select['median_ms']:.2f} selections)")
         checks.append((f"{method[7:]} <= {SWAP_SELECTIONS_TARGET:g} selection {at}: "
                        f"{r['median_ms']:.3f} ms = {sel:.2f} selections{inside}",

@@ -4,7 +4,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-
 from .helpers import jit_sample
 from dwm_jax.masking import informed
 
