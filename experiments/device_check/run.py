@@ -92,7 +92,8 @@ def step_measurements(model: str, batch_per_device: int, dtype: str, frames: int
         temp_mib_per_clip=plan.temp_bytes_per_clip / 2**20,
         residual_mib_per_clip=memory.residual_bytes_per_clip(setup) / 2**20))
     print(rows[-1], flush=True)
-    del holder, state
+    holder.clear()  # frees the last state before the next compile
+    del state
   return rows
 
 
