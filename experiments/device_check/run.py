@@ -74,10 +74,10 @@ def step_measurements(model: str, batch_per_device: int, dtype: str, frames: int
     x = np.random.default_rng(0).normal(size=(batch, f, t)).astype(np.float32)
     data = mesh_lib.put_batch({"logmel": x}, mesh)
     key = mesh_lib.put_replicated(jax.random.key(1), mesh)
-    holder = [state]
 
     def one():
-      holder[0], metrics, _ = compiled(holder[0], data, key)
+      nonlocal state
+      state, metrics, _ = compiled(state, data, key)
       jax.block_until_ready(metrics["loss"])
 
     step_s = timing.median_seconds(one, steps)
@@ -92,8 +92,7 @@ def step_measurements(model: str, batch_per_device: int, dtype: str, frames: int
         temp_mib_per_clip=plan.temp_bytes_per_clip / 2**20,
         residual_mib_per_clip=memory.residual_bytes_per_clip(setup) / 2**20))
     print(rows[-1], flush=True)
-    holder.clear()  # frees the last state before the next compile
-    del state
+    del state  # frees the last state before the next compile
   return rows
 
 
