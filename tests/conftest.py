@@ -47,7 +47,7 @@ def gcs(tmp_path_factory):
   Subprocesses inherit all of it. Skipped, with the reason, only where the server cannot run.
   """
   from dwm_jax import paths  # pylint: disable=import-outside-toplevel
-  from tests import gcs_server  # pylint: disable=import-outside-toplevel
+  from dwm_jax.testing import gcs_server  # pylint: disable=import-outside-toplevel
   try:
     server = gcs_server.FakeGcs(str(tmp_path_factory.mktemp("fake_gcs")))
   except gcs_server.Unavailable as e:

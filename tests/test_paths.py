@@ -86,7 +86,7 @@ def test_bucket_checks(gcs, bucket, monkeypatch):
     paths.check_writable(f"gs://no-bucket-{uuid.uuid4().hex[:6]}/run")
   with pytest.raises(paths.StorageError, match="does not exist"):
     paths.exists(f"gs://no-bucket-{uuid.uuid4().hex[:6]}/x")  # every operation checks first
-  from tests.gcs_server import free_port
+  from dwm_jax.testing.gcs_server import free_port
   dead = f"http://127.0.0.1:{free_port()}"
   monkeypatch.setenv("STORAGE_EMULATOR_HOST", dead)
   monkeypatch.setenv("TENSORSTORE_GCS_HTTP_URL", dead)

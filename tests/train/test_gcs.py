@@ -1,6 +1,7 @@
 """``gs://`` workdirs and data, against a real GCS-protocol server (fake-gcs-server, see
-``tests/gcs_server.py``): a run killed with SIGKILL on a bucket resumes exactly, its logs and
-exports land in the bucket, a damaged checkpoint there is set aside, and bad buckets fail first.
+``dwm_jax/testing/gcs_server.py``): a run killed with SIGKILL on a bucket resumes exactly, its
+logs and exports land in the bucket, a damaged checkpoint there is set aside, and bad buckets
+fail first.
 
 The data are ``.npy`` files that ``dwm-jax prepare`` made of ``dwm-jax synth`` WAVs, uploaded
 with gcsfs; the local reference run reads the same files from disk.
@@ -258,7 +259,7 @@ def test_missing_buckets_fail_before_compiling(gcs, data, no_compile, capsys):
 
 def test_unreachable_endpoint_fails_at_once_with_one_line(tmp_path):
   """A fresh process with only STORAGE_EMULATOR_HOST set, pointing where nothing listens."""
-  from tests.gcs_server import free_port
+  from dwm_jax.testing.gcs_server import free_port
   dead = f"http://127.0.0.1:{free_port()}"
   env = {k: v for k, v in os.environ.items() if k not in (
       "TENSORSTORE_GCS_HTTP_URL", "EPATH_USE_TF", "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT",
