@@ -79,14 +79,14 @@ def test_fit_standardizes_with_all_of_train_before_the_holdout():
   assert info["batch"] == 60  # min(200, n) with n counted before the 6-clip hold-out
 
 
-def _torch_epoch(torch, x, y, w, b, perm, batch, lr, multilabel):
+def _torch_epoch(torch, x, y, w, b, perm, batch, lr, multilabel, weight_decay):
   """One epoch of TorchMLPClassifier2's training loop (its loss, Adam and batching) in torch."""
   lin = torch.nn.Linear(x.shape[1], w.shape[1])
   with torch.no_grad():
     lin.weight.copy_(torch.tensor(np.asarray(w).T))
     lin.bias.copy_(torch.tensor(np.asarray(b)))
   opt = torch.optim.Adam(lin.parameters(), lr=lr, betas=(0.9, 0.999), eps=1e-8,
-                         weight_decay=1e-8)
+                         weight_decay=weight_decay)
   xt, yt = torch.tensor(x), torch.tensor(y)
   for start in range(0, len(perm), batch):  # drop_last=False: the last batch is partial
     ids = torch.tensor(perm[start:start + batch])
@@ -104,7 +104,8 @@ def _torch_epoch(torch, x, y, w, b, perm, batch, lr, multilabel):
 
 @pytest.mark.parametrize("multilabel", [False, True])
 def test_epoch_matches_torch_with_a_partial_last_batch(multilabel):
-  """250 rows in batches of 200: two Adam steps, the second on 50 rows averaged over 50."""
+  """250 rows in batches of 200: two Adam steps, the second on 50 rows averaged over 50. (A
+  weight decay far above EVAR's 1e-8 shows that it is torch's L2 term, not AdamW's.)"""
   torch = pytest.importorskip("torch")
   x, y = _blobs(250, 4)
   x = (x - x.mean(0)) / x.std(0)
@@ -113,15 +114,15 @@ def test_epoch_matches_torch_with_a_partial_last_batch(multilabel):
   c = 3 if multilabel else 4
   params = ep.torch_linear_init(jax.random.key(0), x.shape[1], c)
   perm = np.random.default_rng(0).permutation(250)
-  tx = ep._adam(1e-2, 1e-8)
+  tx = ep._adam(1e-2, 0.5)
   p, _ = ep.train_epoch(params, tx.init(params), jnp.asarray(perm), jnp.asarray(x),
                         jnp.asarray(y), batch=200, tx=tx, multilabel=multilabel)
-  w, b = _torch_epoch(torch, x, y, params["w"], params["b"], perm, 200, 1e-2, multilabel)
+  w, b = _torch_epoch(torch, x, y, params["w"], params["b"], perm, 200, 1e-2, multilabel, 0.5)
   np.testing.assert_allclose(p["w"], w, atol=2e-6)
   np.testing.assert_allclose(p["b"], b, atol=2e-6)
   # The partial batch is averaged over its own rows: padded as a full-batch mean, it differs.
   full = _torch_epoch(torch, x, y, params["w"], params["b"], np.r_[perm, perm[:150]], 200,
-                      1e-2, multilabel)
+                      1e-2, multilabel, 0.5)
   assert np.abs(full[0] - w).max() > 1e-4
 
 
