@@ -7,8 +7,9 @@ timestamp shift); the loop packs windows of any files into rows of the encoder's
 (:func:`packed_forward`): while the device encodes batch ``k``, the host routes the results of
 batch ``k - 1`` and fills batch ``k + 1``. A file's frame embeddings reach the sink in time order
 as they come back; when its last window is back the sink gets its clip embedding (the mean of the
-frames of the unshifted stream: M2D's, the probe's). At most ``queue + (B + open rows) * S + B * S``
-windows are alive at once (``S`` windows per row), whatever the files' lengths.
+frames of the unshifted stream: M2D's, the probe's). The host holds at most
+:func:`host_windows_bound` windows at once (cut, not yet copied into a batch), and the device two
+batches, whatever the files' lengths.
 
 Output positions: with ``n`` streams starting ``starts = (s_0, s_0 + h, ...)`` frames into the
 log-mel (``h = pw / n``), position ``k`` is column ``k // n`` of stream ``k % n`` and starts at
@@ -64,11 +65,12 @@ class Sink(Protocol):
 
 @dataclasses.dataclass
 class Stats:
-  """``columns``: patch columns encoded; ``real_columns``: those holding a window's columns."""
+  """``columns``: patch columns encoded; ``real_columns``: those holding a window's columns;
+  ``max_host_windows``: the most windows cut and not yet copied into a batch at one time."""
   batches: int = 0
   columns: int = 0
   real_columns: int = 0
-  max_windows_alive: int = 0
+  max_host_windows: int = 0
   files_done: int = 0
   files_failed: int = 0
 
@@ -248,7 +250,7 @@ class _Crash:
 
 
 class _Gauge:
-  """Windows alive (cut, not yet back or dropped) and their high-water mark."""
+  """Windows on the host (cut, not yet in a batch or dropped) and their high-water mark."""
 
   def __init__(self):
     self.lock, self.now, self.max = threading.Lock(), 0, 0
@@ -361,6 +363,15 @@ def _events(sources: Iterable[Source], make: Callable, workers: int, max_queue: 
 # ------------------------------------------------------------------------------------------
 # The loop.
 
+def host_windows_bound(batch_size: int, segments: int, workers: int, streams: int,
+                       chunk_windows: int) -> int:
+  """The most windows the host holds at once: the reader queue (``2 B``), each reader's current
+  chunk (``chunk_windows`` per stream, plus the tail), the open rows (``B`` rows of fewer than
+  ``S`` windows) and the rows waiting for their batch (under ``B`` rows, plus one row)."""
+  return (2 * batch_size + max(workers, 1) * (chunk_windows + 1) * streams
+          + batch_size * (segments - 1) + batch_size * segments)
+
+
 def _pow2_at_least(n: int) -> int:
   return 1 << max(0, (n - 1).bit_length())
 
@@ -420,10 +431,9 @@ def run(encoder: Encoder, sources: Iterable[Source], sink: Sink, *, batch_size: 
     out, slots = pending.pop()
     host = np.asarray(out)
     for s in slots:
-      gauge.add(-1)
       if s.file in dropped:
         continue
-      piece = host[s.row, s.c0:s.c0 + s.tp]
+      piece = np.array(host[s.row, s.c0:s.c0 + s.tp])  # a copy: the batch's array can go
       frames, lay = (piece[:, -1], piece) if layers else (piece, None)
       state = files[s.file]
       state.add(s.shift, s.col0, frames, lay)
@@ -437,6 +447,7 @@ def run(encoder: Encoder, sources: Iterable[Source], sink: Sink, *, batch_size: 
     if shrink_last and len(rows) < batch_size:
       size = min(batch_size, _pow2_at_least(len(rows)))
     b = batch_arrays(rows, size, f, w, pw, segments)
+    gauge.add(-len(b.slots))
     out = forward(params, table, *place(b.windows, b.segment, b.position, b.cls))
     stats.batches += 1
     stats.columns += size * cols
@@ -480,5 +491,5 @@ def run(encoder: Encoder, sources: Iterable[Source], sink: Sink, *, batch_size: 
     collect()
   for fid in list(files):  # stopped mid-file: its windows never came
     sink.abandoned(files.pop(fid).key)
-  stats.max_windows_alive = gauge.max
+  stats.max_host_windows = gauge.max
   return stats
