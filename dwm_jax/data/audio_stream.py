@@ -9,6 +9,7 @@ samples (reflect-padded at both ends, ``center=True``). Memory: a few blocks, wh
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 from pathlib import Path
@@ -25,21 +26,24 @@ from dwm_jax.data.log_mel import LogMelSpec, log_mel
 CHUNK_SECONDS = 10.0
 
 
-def _open(path: str | os.PathLike):
+@contextlib.contextmanager
+def _open(path: str | os.PathLike) -> Iterator[sf.SoundFile]:
   """An open ``sf.SoundFile`` (a bucket object is read as it is decoded, not downloaded first)."""
-  if paths.is_remote(path):
+  with contextlib.ExitStack() as stack:
+    if paths.is_remote(path):
+      try:
+        handle = stack.enter_context(paths.open(path, "rb"))
+      except FileNotFoundError as e:
+        raise AudioError(path, "missing") from e
+    else:
+      if not Path(path).is_file():
+        raise AudioError(path, "missing")
+      handle = str(path)
     try:
-      handle = paths.open(path, "rb")
-    except FileNotFoundError as e:
-      raise AudioError(path, "missing") from e
-  else:
-    if not Path(path).is_file():
-      raise AudioError(path, "missing")
-    handle = str(path)
-  try:
-    return sf.SoundFile(handle)
-  except Exception as e:  # libsndfile raises LibsndfileError/RuntimeError/TypeError variously
-    raise AudioError(path, "unreadable", f"{type(e).__name__}: {e}") from e
+      f = stack.enter_context(sf.SoundFile(handle))
+    except Exception as e:  # libsndfile raises LibsndfileError/RuntimeError/TypeError variously
+      raise AudioError(path, "unreadable", f"{type(e).__name__}: {e}") from e
+    yield f
 
 
 def wave_chunks(path: str | os.PathLike, sample_rate: int = 16000, *,
