@@ -3,14 +3,15 @@
 The stream equals the whole-file front end to the bit: concatenated, the chunks of
 :func:`logmel_chunks` are ``log_mel(load_audio(path))``. libsndfile decodes blocks of
 ``chunk_seconds`` (MP3 files whole: see :func:`wave_chunks`); channels are averaged per sample;
-soxr's streaming resampler gives its one-shot output; each log-mel frame is computed by :func:`dwm_jax.data.log_mel.log_mel` from the same 400
-samples (reflect-padded at both ends, ``center=True``). Memory: a few blocks, whatever the length
-(MP3: the decoded file).
+soxr's streaming resampler gives its one-shot output; each log-mel frame is computed by
+:func:`dwm_jax.data.log_mel.log_mel` from the same 400 samples (reflect-padded at both ends,
+``center=True``). Memory: a few blocks, whatever the length (MP3: the decoded file).
 """
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import os
 from pathlib import Path
 from typing import Generator, Iterator
@@ -87,6 +88,11 @@ def wave_chunks(path: str | os.PathLike, sample_rate: int = 16000, *,
     raise AudioError(path, "too short", f"0 samples at {sample_rate} Hz")
 
 
+@functools.lru_cache(maxsize=8)
+def _framing(spec: LogMelSpec) -> LogMelSpec:
+  return dataclasses.replace(spec, center=False)
+
+
 def logmel_of_waves(waves: Iterator[np.ndarray], spec: LogMelSpec = LogMelSpec()
                     ) -> Generator[np.ndarray, None, int]:
   """Wave chunks -> log-mel chunks ``[F, n]`` (frames as soon as their samples are in); returns
@@ -94,7 +100,7 @@ def logmel_of_waves(waves: Iterator[np.ndarray], spec: LogMelSpec = LogMelSpec()
   if not spec.center:
     raise ValueError("the log-mel stream implements center=True framing only")
   p, hop, n_fft = spec.n_fft // 2, spec.hop_length, spec.n_fft
-  framing = dataclasses.replace(spec, center=False)  # frames of the samples given, no padding
+  framing = _framing(spec)  # frames of the samples given, no padding
   head: list[np.ndarray] | None = []  # the first samples, until the left reflection is possible
   buf = np.zeros(0, np.float32)  # padded samples from the next frame's first one
   tail = np.zeros(0, np.float32)  # the last p + 1 samples: the right reflection

@@ -184,28 +184,34 @@ class _Progress:
     self.bar.update()
 
 
+def _timestamps(patch_width: int, hop_ms: float | None) -> tuple[int, tuple[int, ...], float]:
+  """``(hop in log-mel frames, first frame of each shifted stream, first centre in s)``: the
+  HEAR module's (``dwm_jax.evaluate.hear.core``)."""
+  from dwm_jax.evaluate.hear import core  # pylint: disable=import-outside-toplevel
+  try:
+    hop = core.hop_frames_for(patch_width, hop_ms)
+  except ValueError as e:
+    raise EmbedUsage(f"--hop-ms: {e}") from e
+  first = core.first_start(patch_width, hop)
+  starts = tuple(first + j * hop for j in range(patch_width // hop))
+  return hop, starts, core.first_centre_ms(patch_width, hop) / 1000.0
+
+
 def run(args: argparse.Namespace) -> dict:
   """The command; returns a summary of this run (and the report when it wrote the index)."""
   _check_args(args)
   process, count = _shard(args.shard)
   if args.distributed:
     distributed.initialize(distributed.resolve(auto=True))
-  import jax  # pylint: disable=import-outside-toplevel
-  from dwm_jax.evaluate import embed_inputs, embed_store, embed_stream  # noqa: E402
-  from dwm_jax.evaluate.hear import core as hear_core  # pylint: disable=import-outside-toplevel
-  from dwm_jax.train import mesh as mesh_lib  # pylint: disable=import-outside-toplevel
+  # pylint: disable=import-outside-toplevel  (JAX only after jax.distributed is set up)
+  import jax
+  from dwm_jax.evaluate import embed_inputs, embed_store, embed_stream
+  from dwm_jax.train import mesh as mesh_lib
   if args.distributed:
     process, count = jax.process_index(), jax.process_count()
   t0 = time.perf_counter()
   encoder, where = _encoder(args)
-  pw = encoder.patch_size[1]
-  try:
-    hop = hear_core.hop_frames_for(pw, args.hop_ms)
-  except ValueError as e:
-    raise EmbedUsage(f"--hop-ms: {e}") from e
-  first = hear_core.first_start(pw, hop)
-  starts = tuple(first + j * hop for j in range(pw // hop))
-  first_s = hear_core.first_centre_ms(pw, hop) / 1000.0
+  hop, starts, first_s = _timestamps(encoder.patch_size[1], args.hop_ms)
   items = embed_inputs.find(args.input, splits=args.split, tfds_data_dir=args.tfds_data_dir)
   keys = [s.key for s in items]
   settings = settings_for(encoder, where, args.input, args, hop, first_s)
@@ -272,7 +278,7 @@ def format_summary(args: argparse.Namespace, s: dict) -> str:
       examples = [f["file"] for f in report["skipped_files"] if f["reason"] == reason]
       lines.append(f"  skipped ({reason}): {n}, e.g. {faults.listing(examples)}")
   elif s["stopped"]:
-    lines.append(f"  stopped before the end: rerun the same command to continue")
+    lines.append("  stopped before the end: rerun the same command to continue")
   else:
     lines.append(f"  {args.out}: files of other shares are not all done yet; the run that "
                  "finishes the last one writes index.csv (or rerun this command)")

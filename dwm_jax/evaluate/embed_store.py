@@ -107,7 +107,7 @@ class NpyStream:
 class _Writer:
   """One thread running queued writes in order; its first error is raised to the caller."""
 
-  def __init__(self, depth: int = 64):
+  def __init__(self, depth: int = 16):
     self.q: queue.Queue = queue.Queue(depth)
     self.error: BaseException | None = None
     self.thread = threading.Thread(target=self._loop, daemon=True, name="embed-writer")
@@ -115,14 +115,15 @@ class _Writer:
 
   def _loop(self) -> None:
     while True:
-      op = self.q.get()
-      if op is None:
+      item = self.q.get()
+      if item is None:
         return
-      if self.error is None:
+      op, always = item
+      if self.error is None or always:
         try:
           op()
         except BaseException as e:  # pylint: disable=broad-except  (raised in the caller)
-          self.error = e
+          self.error = self.error or e
 
   def _raise(self) -> None:
     if self.error is not None:
@@ -133,9 +134,11 @@ class _Writer:
                        "before are kept: fix the cause, then rerun the same command to "
                        "continue") from e
 
-  def put(self, op: Callable[[], None]) -> None:
-    self._raise()
-    self.q.put(op)
+  def put(self, op: Callable[[], None], always: bool = False) -> None:
+    """Queues ``op``; after an error only ``always`` ones run (and the error is raised here)."""
+    if not always:
+      self._raise()
+    self.q.put((op, always))
 
   def close(self) -> None:
     self.q.put(None)
@@ -214,9 +217,16 @@ class Store:
 
   def done(self, result: Result) -> None:
     def op():
-      for level, stream in self.streams.pop(result.key, {}).items():
-        stream.close()
-        paths.put_file(stream.path, paths.join(self.out, level, result.key + ".npy"))
+      streams = self.streams.pop(result.key, {})
+      try:
+        for level, stream in streams.items():
+          stream.close()
+          paths.put_file(stream.path, paths.join(self.out, level, result.key + ".npy"))
+      except BaseException:
+        for stream in streams.values():  # what was not moved into place
+          if os.path.exists(stream.path):
+            os.remove(stream.path)
+        raise
       seconds = (result.num_samples / 16000.0 if result.num_samples is not None
                  else (result.logmel_frames - 1) * 0.01)
       self._record(dict(file_name=result.key, status="ok", clip=result.clip, seconds=seconds,
@@ -274,7 +284,7 @@ class Store:
     """Waits for every queued write, flushes the commit log; raises a write's error."""
     if self.writer is None:
       return
-    self.writer.put(self._flush)
+    self.writer.put(self._flush, always=True)  # files moved into place before an error count
     try:
       self.writer.close()
     finally:

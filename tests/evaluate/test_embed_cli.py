@@ -295,6 +295,27 @@ def test_refusals_are_one_line_with_status_2(export, tmp_path, capsys, args, mes
   assert not (tmp_path / "out" / "records").exists()
 
 
+def test_a_failing_write_stops_with_status_1_and_a_rerun_finishes(collection, export, tmp_path,
+                                                                  capsys):
+  """The last file's frames cannot be moved into place (a folder is in the way): one line,
+  exit 1, the files done before it stay done; once it is moved away the rerun does the rest."""
+  out = tmp_path / "out"
+  (out / "frames" / "stereo44k.wav.npy").mkdir(parents=True)
+  args = ["--encoder", export, collection, "--out", out, "--frames", "--workers", "0"]
+  assert embed_cmd(*args) == 1
+  err = capsys.readouterr().err.strip().splitlines()[-1]
+  assert err.startswith("dwm-jax embed: writing the outputs failed (") and "rerun" in err
+  assert not (out / "index.csv").exists() and os.listdir(out / ".tmp") == []
+  done = [k for k, r in embed_store.read_records(str(out)).items() if r["status"] == "ok"]
+  assert 1 <= len(done) < 5 and "stereo44k.wav" not in done
+  for name in done:
+    assert np.load(out / "frames" / f"{name}.npy").shape[1] == 160
+  (out / "frames" / "stereo44k.wav.npy").rmdir()
+  assert embed_cmd(*args) == 0
+  assert [r["file_name"] for r in index_of(out)] == READABLE
+  assert f"embedded {5 - len(done)} files" in capsys.readouterr().out
+
+
 def test_a_missing_encoder_is_refused(tmp_path, capsys):
   (tmp_path / "a.wav").write_bytes(b"")
   assert embed_cmd("--encoder", tmp_path / "none.msgpack", tmp_path, "--out", tmp_path / "o") == 2

@@ -1,5 +1,6 @@
 """The streaming loop: cutting, packing, and that neither changes a window's embedding."""
 import dataclasses
+import threading
 
 import numpy as np
 import pytest
@@ -145,7 +146,7 @@ def test_a_bad_chunk_fails_its_file_only(tiny_encoder):
                                workers=2)
   assert set(sink.results) == {0, 2} and sink.failures[1].reason == "nan"
   assert stats.files_failed == stats.files_done - 1 == 1
-  assert len(frames.get(1, [])) < 19  # blocks before the bad chunk may have come: the sink drops them
+  assert len(frames.get(1, [])) < 19  # blocks before the bad chunk may have come: sinks drop them
 
 
 def test_host_windows_stay_bounded_whatever_the_length(tiny_encoder):
@@ -160,3 +161,28 @@ def test_host_windows_stay_bounded_whatever_the_length(tiny_encoder):
     peak[seconds] = stats.max_host_windows
   bound = embed_stream.host_windows_bound(4, 4, 2, streams=1, chunk_windows=-(-1000 // W))
   assert peak[180] <= bound < 282 and peak[180] <= peak[30] + 2, (peak, bound)
+
+
+def test_stop_abandons_the_files_in_reading_and_finishes_the_rest(tiny_encoder):
+  """``stop`` set when the first file is done (as SIGTERM does): the loop returns, every file is
+  done or abandoned, none half-reported."""
+  stop = threading.Event()
+
+  class Stopping(Collect):
+    abandoned_keys = []
+
+    def done(self, result):
+      super().done(result)
+      stop.set()
+
+    def abandoned(self, key):
+      self.abandoned_keys.append(key)
+
+  sink = Stopping()
+  xs = [logmel(64, 0)] + [logmel(3000, i) for i in range(1, 6)]
+  embed_stream.run(tiny_encoder, [Chunked(i, x, chunk=200) for i, x in enumerate(xs)], sink,
+                   batch_size=2, workers=2, stop=stop)
+  assert 0 in sink.results and not sink.failures
+  assert sink.abandoned_keys and set(sink.results) | set(sink.abandoned_keys) <= set(range(6))
+  assert not set(sink.results) & set(sink.abandoned_keys)
+  assert len(sink.results) + len(sink.abandoned_keys) < 6  # files never started are not touched
