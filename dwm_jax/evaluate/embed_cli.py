@@ -120,11 +120,11 @@ def settings_for(encoder, where: str, input_spec: str, args, hop_frames: int,
 
 def _compile(encoder, batch: int, segments: int, layers: bool, mesh):
   """The program, compiled once from shapes, and a refusal when it cannot fit."""
-  from dwm_jax.evaluate import embed_stream  # pylint: disable=import-outside-toplevel
+  from dwm_jax.evaluate import packed_encoder  # pylint: disable=import-outside-toplevel
   from dwm_jax.train import memory  # pylint: disable=import-outside-toplevel
   from dwm_jax.train import mesh as mesh_lib  # pylint: disable=import-outside-toplevel
-  forward = embed_stream.packed_forward(encoder, layers)
-  args = embed_stream.abstract_inputs(encoder, batch, segments, mesh_lib.replicated(mesh),
+  forward = packed_encoder.packed_forward(encoder, layers)
+  args = packed_encoder.abstract_inputs(encoder, batch, segments, mesh_lib.replicated(mesh),
                                       mesh_lib.batch_sharded(mesh))
   compiled = forward.lower(*args).compile()
   plan = memory.plan_of(compiled, batch // mesh.devices.size, mesh.devices.flat[0])

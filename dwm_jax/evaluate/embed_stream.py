@@ -4,7 +4,7 @@ Each source yields its raw log-mel in chunks (a file is never held whole). Reade
 normalize the chunks and cut them into encoder windows (:class:`windows.Cutter`, one per
 timestamp shift); the loop packs windows of any files into rows of the encoder's input
 (:class:`windows.Packer`) and runs batches of ``B`` rows through one compiled program
-(:func:`packed_forward`): while the device encodes batch ``k``, the host routes the results of
+(:func:`dwm_jax.evaluate.packed_encoder.packed_forward`): while the device encodes batch ``k``, the host routes the results of
 batch ``k - 1`` and fills batch ``k + 1``. A file's frame embeddings reach the sink in time order
 as they come back; when its last window is back the sink gets its clip embedding (the mean of the
 frames of the unshifted stream: M2D's, the probe's). The host holds at most
@@ -19,21 +19,18 @@ frame ``s_0 + k h``; a file of ``T`` log-mel frames has every position that star
 from __future__ import annotations
 
 import dataclasses
-import functools
-import json
 import queue
 import threading
 from typing import Any, Callable, Generator, Iterable, Iterator, Protocol
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from dwm_jax import faults, patching
+from dwm_jax import faults
 from dwm_jax.data.audio_io import AudioError
-from dwm_jax.evaluate.encoder import Encoder, _model_cfg
+from dwm_jax.evaluate.encoder import Encoder
+from dwm_jax.evaluate.packed_encoder import packed_forward
 from dwm_jax.evaluate.windows import Cutter, Packer, Window, batch_arrays
-from dwm_jax.models.vit import encoder_from_config
 
 
 class Source(Protocol):
@@ -77,75 +74,6 @@ class Stats:
   @property
   def packing(self) -> float:
     return self.real_columns / self.columns if self.columns else 0.0
-
-
-# ------------------------------------------------------------------------------------------
-# The encoder program.
-
-@functools.lru_cache(maxsize=16)
-def _packed_forward_for(config_key: str, layers: bool) -> Callable:
-  cfg = _model_cfg(json.loads(config_key))
-  module = encoder_from_config(cfg)
-  ps = tuple(cfg.patch_size)
-  g = patching.grid_for(tuple(cfg.input_shape), ps)
-
-  def encode(m, patches, pos, mask, num_cls: int):
-    """The encoder's own modules on packed rows: ``[B, S + N, D]`` (or per block
-    ``[B, L, S + N, D]``, the last block's output replaced by the final norm's, as the authors'
-    ``forward_encoder(return_layers=True)``)."""
-    x = m.patch_embed(patches.astype(m.dtype)) + pos.astype(m.dtype)
-    cls = jnp.broadcast_to(m.cls_token.astype(x.dtype), (x.shape[0], num_cls, m.width))
-    h = jnp.concatenate([cls, x], axis=1)
-    outs = []
-    for block in m.blocks:
-      h = block(h, True, mask)
-      outs.append(h)
-    outs[-1] = m.norm(h)
-    return jnp.stack(outs, axis=1) if layers else outs[-1]
-
-  def forward(params, table, windows, segment, position, cls):
-    b, s = cls.shape
-    patches = patching.patchify(windows, ps)                          # [B, N, P], n = f Tp + t
-    # Each column takes the table's column of its place in its own window (the runtime's table
-    # cut to a short window's columns); the CLS tokens take the CLS row, zero.
-    pos = jnp.asarray(table).reshape(g.freq, g.time, -1)[:, position]  # [Fp, B, Tp, D]
-    pos = pos.transpose(1, 0, 2, 3).reshape(b, g.num_patches, -1)
-    ids = jnp.concatenate([cls, jnp.tile(segment, (1, g.freq))], axis=1)  # [B, S + N]
-    mask = (ids[:, :, None] == ids[:, None, :])[:, None]              # a token sees its window
-    h = module.apply({"params": params}, patches, pos, mask, s, method=encode)
-    h = h[..., s:, :].astype(jnp.float32)
-    if layers:  # [B, L, Fp * Tp, D] -> [B, Tp, L, Fp * D]
-      h = h.reshape(b, -1, g.freq, g.time, h.shape[-1]).transpose(0, 3, 1, 2, 4)
-      return h.reshape(b, g.time, h.shape[2], -1)
-    h = h.reshape(b, g.freq, g.time, -1).transpose(0, 2, 1, 3)       # 'b (f t) d -> b t (f d)'
-    return h.reshape(b, g.time, -1)
-
-  return jax.jit(forward)
-
-
-def packed_forward(encoder: Encoder, layers: bool = False) -> Callable:
-  """Jitted ``(params, table [N, D], windows [B, F, W], segment int32 [B, Tp], position int32
-  [B, Tp], cls int32 [B, S]) -> [B, Tp, Fp * D]`` (``layers``: ``[B, Tp, L, Fp * D]``).
-
-  Shared per architecture: parameters and table are arguments, so checkpoints compile once.
-  """
-  return _packed_forward_for(encoder.config_key, bool(layers))
-
-
-def abstract_inputs(encoder: Encoder, batch: int, segments: int, replicated: Any = None,
-                    split: Any = None) -> tuple[Any, ...]:
-  """The program's arguments as ``jax.ShapeDtypeStruct``: parameters and table with the
-  ``replicated`` sharding, the batch arrays with ``split`` (None: the default device)."""
-  f, w = encoder.input_shape
-  cols = w // encoder.patch_size[1]
-
-  def spec(shape, dtype, s):
-    return jax.ShapeDtypeStruct(shape, dtype, sharding=s)
-
-  return (jax.tree.map(lambda a: spec(np.shape(a), jnp.float32, replicated), encoder.params),
-          spec(encoder.position_table.shape, jnp.float32, replicated),
-          spec((batch, f, w), jnp.float32, split), spec((batch, cols), jnp.int32, split),
-          spec((batch, cols), jnp.int32, split), spec((batch, segments), jnp.int32, split))
 
 
 # ------------------------------------------------------------------------------------------
@@ -390,7 +318,7 @@ def run(encoder: Encoder, sources: Iterable[Source], sink: Sink, *, batch_size: 
     segments: windows per row (CLS slots).
     workers: reader threads (0: read in this thread).
     mesh: split the batch over these devices (None: the default device).
-    forward: the compiled program to call (default: :func:`packed_forward`, jitted per shape).
+    forward: the compiled program to call (default: ``packed_forward``, jitted per shape).
     shrink_last: run the last batch at the next power of two of its rows (in-memory use: a few
       clips need not pay for a whole batch; each size compiles once).
     stop: when set, files not finished are abandoned and the loop drains and returns.

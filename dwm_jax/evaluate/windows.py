@@ -10,9 +10,8 @@ shifted streams of a finer timestamp hop (:mod:`dwm_jax.evaluate.hear.core`).
 :class:`Packer` lays windows out on rows of ``Tp`` columns, the encoder's static input: a whole
 window fills a row; shorter ones (the last window of each stream) share rows, up to ``segments``
 per row, first fit. Each window of a row is a segment the encoder keeps apart with an attention
-mask and its own CLS token (:func:`dwm_jax.evaluate.embed_stream.packed_forward`), so every
-window is encoded exactly as if alone, and any mix of clip lengths runs through one compiled
-shape.
+mask and its own CLS token (:mod:`dwm_jax.evaluate.packed_encoder`), so every window is encoded
+exactly as if alone, and any mix of clip lengths runs through one compiled shape.
 """
 from __future__ import annotations
 
