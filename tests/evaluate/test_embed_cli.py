@@ -132,6 +132,16 @@ def test_clip_embeddings_are_the_probes(dataset, export, tmp_path):
     assert len(names) == len(feats[split]) > 0
     np.testing.assert_allclose(clips[[rows[n] for n in names]], feats[split], rtol=1e-5,
                                atol=1e-6)
+  # The same clips prepared as float32 .npy log-mels (prepare's files.csv): the same embeddings.
+  from dwm_jax.data.prepare import prepare
+  prepare(dataset / "audio", tmp_path / "prep", workers=0, dtype="float32", progress=False)
+  assert embed_cmd("--encoder", export, tmp_path / "prep" / "files.csv", "--out",
+                   tmp_path / "n") == 0
+  npy_rows = index_of(tmp_path / "n")
+  assert [r["file_name"] for r in npy_rows] == [f"{i:06d}.npy" for i in range(40)]
+  np.testing.assert_allclose(np.load(tmp_path / "n" / "clips.npy"),
+                             clips[[rows[f"audio/{i:06d}.wav"] for i in range(40)]],
+                             rtol=1e-5, atol=1e-6)
 
 
 def test_frames_and_layers_are_the_authors_runtime(tmp_path):
