@@ -77,7 +77,9 @@ class TfdsRecord:
 
   def logmel_chunks(self):
     from dwm_jax.data import sources, tfds_source  # pylint: disable=import-outside-toplevel
-    cache = _tfds_local.__dict__.setdefault("sources", {})  # a data source per reader thread
+    if not hasattr(_tfds_local, "sources"):  # a data source per reader thread
+      _tfds_local.sources = {}
+    cache = _tfds_local.sources
     where = (self.name, self.split, self.data_dir)
     if where not in cache:
       cache[where] = tfds_source.open_data_source(*where)
