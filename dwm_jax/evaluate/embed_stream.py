@@ -5,9 +5,9 @@ normalize the chunks and cut them into encoder windows (:class:`windows.Cutter`,
 timestamp shift); the loop packs windows of any files into rows of the encoder's input
 (:class:`windows.Packer`) and runs batches of ``B`` rows through one compiled program
 (:mod:`dwm_jax.evaluate.packed_encoder`): while the device encodes batch ``k``, the host routes
-the results of batch ``k - 1`` and fills batch ``k + 1``. A file's frame embeddings reach the sink in time order
-as they come back; when its last window is back the sink gets its clip embedding (the mean of the
-frames of the unshifted stream: M2D's, the probe's). The host holds at most
+the results of batch ``k - 1`` and fills batch ``k + 1``. A file's frame embeddings reach the sink
+in time order as they come back; when its last window is back the sink gets its clip embedding
+(the mean of the frames of the unshifted stream: M2D's, the probe's). The host holds at most
 :func:`host_windows_bound` windows at once (cut, not yet copied into a batch), and the device two
 batches, whatever the files' lengths.
 
