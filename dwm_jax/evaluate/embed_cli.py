@@ -210,6 +210,7 @@ def run(args: argparse.Namespace) -> dict:
   if args.distributed:
     process, count = jax.process_index(), jax.process_count()
   t0 = time.perf_counter()
+  paths.check_writable(args.out)  # a bad bucket fails before anything is loaded
   encoder, where = _encoder(args)
   hop, starts, first_s = _timestamps(encoder.patch_size[1], args.hop_ms)
   items = embed_inputs.find(args.input, splits=args.split, tfds_data_dir=args.tfds_data_dir)
