@@ -11,6 +11,8 @@ COMMANDS = {
     "probe": ("dwm_jax.evaluate.probe_cli", "linear-probe an encoder on task CSVs or TFDS"),
     "finetune": ("dwm_jax.evaluate.finetuning.cli",
                  "fine-tune an encoder + linear head on task CSVs or TFDS"),
+    "embed": ("dwm_jax.evaluate.embed_cli",
+              "embeddings of an audio collection (clip, frames, layers), resumable"),
     "prepare": ("dwm_jax.data.prepare", "convert an audio folder to log-mel .npy files"),
     "synth": ("dwm_jax.data.synthetic", "write the synthetic audio set as WAV + CSV"),
     "show": ("dwm_jax.plots.masks", "PNG of a spectrogram, its dispersion and every mask"),

@@ -14,6 +14,7 @@ uses): with ``EPATH_USE_TF=false`` (or without TensorFlow) its ``gs://`` backend
 - writes: :func:`write_bytes` / :func:`write_text` are atomic (local: a temporary file renamed
   over the target; a bucket: one object upload, which appears whole or not at all) and create
   parent folders; :func:`makedirs`, :func:`copy_file`, :func:`remove`, :func:`rmtree`;
+  :func:`put_file` moves a finished local file into place (a rename, or a streamed upload);
 - :func:`move_dir`: a rename locally; on a bucket (no renames there) a copy of every object,
   then the deletion of the source, so an interruption leaves the source whole;
 - :func:`check_bucket` / :func:`check_writable`: the bucket exists, is reachable and (for
@@ -265,6 +266,31 @@ def copy_file(src: Any, dst: Any) -> None:
     return
   with open(src, "rb") as f:
     write_bytes(dst, f.read())
+
+
+def put_file(local: Any, dst: Any) -> None:
+  """Moves the finished local file ``local`` to ``dst``, replacing it: locally one rename (on the
+  same file system: atomic); to a bucket a streamed upload to a temporary object, then a
+  server-side copy to ``dst`` (which appears whole, never in part; a failed upload leaves no
+  ``dst``), then the local file is removed."""
+  local, dst = os.fspath(local), os.fspath(dst)
+  if not is_remote(dst):
+    os.makedirs(os.path.dirname(os.path.abspath(dst)), exist_ok=True)
+    os.replace(local, dst)
+    return
+  import shutil  # pylint: disable=import-outside-toplevel
+  check_bucket(dst)
+  tmp = f"{dst}.tmp-{uuid.uuid4().hex[:12]}"
+  try:
+    with builtins.open(local, "rb") as src, _epath(tmp).open("wb") as out:
+      shutil.copyfileobj(src, out, 8 << 20)
+    _epath(tmp).copy(_epath(dst), overwrite=True)
+  finally:
+    try:
+      _epath(tmp).unlink(missing_ok=True)
+    except Exception:  # pylint: disable=broad-except  (best effort: the upload's error wins)
+      pass
+  os.remove(local)
 
 
 def remove(path: Any) -> None:

@@ -4,7 +4,9 @@
 - :func:`timm_m2d_vit`: a timm ``VisionTransformer`` in the M2D layout with randomized weights.
 - :func:`authors_frames`: the authors' runtime (``examples/portable_m2d.py``) on a log-mel batch:
   normalization, ``encode_lms`` windows / padding / cut table, timm's blocks, CLS dropped,
-  ``b (f t) d -> b t (f d)``, windows concatenated in time.
+  ``b (f t) d -> b t (f d)``, windows concatenated in time; with ``return_layers`` every block's
+  output as M2D's ``forward_encoder(return_layers=True)`` (``m2d/models_mae.py``: the blocks'
+  outputs, the last one replaced by the final norm's) through ``runtime_audio.encode_lms``.
 torch and timm are imported inside the functions (tests using them ``importorskip`` first).
 """
 from __future__ import annotations
@@ -64,10 +66,10 @@ def timm_m2d_vit(width: int, depth: int, heads: int, img=(80, 608), patch=16, se
   return vit.eval()
 
 
-def runtime_encoder(vit, x):
+def runtime_encoder(vit, x, return_layers: bool = False):
   """The runtime's ``forward_encoder`` on one window ``x: [B, 1, F, w]`` (w a multiple of the
   patch width): conv patches, table cut to the window's columns, CLS + its table row, blocks,
-  norm -> ``[B, 1 + Fp * tp, D]``."""
+  norm -> ``[B, 1 + Fp * tp, D]`` (``return_layers``: ``[L, B, 1 + Fp * tp, D]``)."""
   import torch
   tokens = vit.patch_embed.proj(x).flatten(2).transpose(1, 2)  # frequency-major
   pos = vit.pos_embed[:, 1:]
@@ -78,17 +80,25 @@ def runtime_encoder(vit, x):
   tokens = tokens + pos
   cls = (vit.cls_token + vit.pos_embed[:, :1]).expand(x.shape[0], -1, -1)
   h = torch.cat([cls, tokens], dim=1)
+  layers = []
   for blk in vit.blocks:
     h = blk(h)
-  return vit.norm(h)
+    layers.append(h)
+  h = vit.norm(h)
+  if return_layers:
+    return torch.stack(layers[:-1] + [h])
+  return h
 
 
 def authors_frames(vit, lms: np.ndarray, mean: float, std: float, unit_frames: int,
-                   use_timm_for_full_windows: bool = True) -> np.ndarray:
-  """``lms: [B, F, T]`` raw log-mels -> frame embeddings ``[B, T', Fp * D]`` (float64 numpy).
+                   use_timm_for_full_windows: bool = True, return_layers: bool = False
+                   ) -> np.ndarray:
+  """``lms: [B, F, T]`` raw log-mels -> frame embeddings ``[B, T', Fp * D]`` (float64 numpy);
+  ``return_layers``: ``[B, T', L, Fp * D]`` (the runtime's ``[L, B, T', Fp * D]``, transposed).
 
   Full windows go through timm's own ``forward_features`` (checked equal to
-  :func:`runtime_encoder` elsewhere); the last short window through :func:`runtime_encoder`.
+  :func:`runtime_encoder` elsewhere; not with ``return_layers``); the last short window through
+  :func:`runtime_encoder`.
   """
   import torch
   ph, pw = vit.patch_embed.proj.kernel_size
@@ -104,16 +114,21 @@ def authors_frames(vit, lms: np.ndarray, mean: float, std: float, unit_frames: i
   with torch.no_grad():
     for i in range(chunks):
       win = x[..., i * unit_frames:(i + 1) * unit_frames]
-      if win.shape[-1] == unit_frames and use_timm_for_full_windows:
+      if return_layers:
+        emb = runtime_encoder(vit, win, return_layers=True)
+      elif win.shape[-1] == unit_frames and use_timm_for_full_windows:
         emb = vit.forward_features(win)
       else:
         emb = runtime_encoder(vit, win)
-      emb = emb[:, 1:]  # drop CLS
-      b, n, _ = emb.shape
+      emb = emb[..., 1:, :]  # drop CLS
+      *lead, n, _ = emb.shape
       # 'b (f t) d -> b t (f d)': f is the outer factor of the token index.
-      emb = emb.reshape(b, fp, n // fp, d).permute(0, 2, 1, 3).reshape(b, n // fp, fp * d)
+      emb = emb.reshape(*lead, fp, n // fp, d).transpose(-3, -2).reshape(*lead, n // fp, fp * d)
       out.append(emb)
-  return torch.cat(out, dim=1).double().numpy()
+  x = torch.cat(out, dim=-2)
+  if return_layers:
+    x = x.permute(1, 2, 0, 3)  # [L, B, T', E] -> [B, T', L, E]
+  return x.double().numpy()
 
 
 def state_dict_numpy(vit) -> dict[str, np.ndarray]:

@@ -93,3 +93,14 @@ def test_bucket_checks(gcs, bucket, monkeypatch):
   with pytest.raises(paths.StorageError, match=f"cannot reach the storage endpoint {dead} "):
     paths.check_bucket(f"gs://not-checked-yet-{uuid.uuid4().hex[:6]}")
   paths.check_bucket(bucket)  # a bucket that passed once is not asked again
+
+
+def test_put_file_moves_a_finished_file_into_place(tmp_path, bucket):
+  for dst in (str(tmp_path / "out" / "a" / "f.npy"), f"{bucket}/out/a/f.npy"):
+    for content in (b"first", bytes(range(256)) * 4096):  # the second replaces the first
+      local = tmp_path / "staged.npy"
+      local.write_bytes(content)
+      paths.put_file(local, dst)
+      assert not local.exists() and paths.read_bytes(dst) == content
+  assert paths.walk_files(f"{bucket}/out") == ["a/f.npy"]  # no temporary object left
+  assert os.listdir(tmp_path / "out" / "a") == ["f.npy"]

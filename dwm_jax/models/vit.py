@@ -91,15 +91,16 @@ class Attention(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
-    """``x: [B, L, D]`` -> ``[B, L, D]``."""
+  def __call__(self, x: jnp.ndarray, mask: jnp.ndarray | None = None) -> jnp.ndarray:
+    """``x: [B, L, D]`` -> ``[B, L, D]``; ``mask: bool [B, 1, L, L]`` (True: query attends to
+    key) keeps packed sequences apart (None: every token attends to every token)."""
     if self.width % self.heads:
       raise ValueError(f"width {self.width} is not divisible by {self.heads} heads")
     b, l, _ = x.shape
     head_dim = self.width // self.heads
     qkv = nn.Dense(3 * self.width, dtype=self.dtype, kernel_init=dense_init, name="qkv")(x)
     q, k, v = jnp.split(qkv.reshape(b, l, 3, self.heads, head_dim), 3, axis=2)
-    out = jax.nn.dot_product_attention(q[:, :, 0], k[:, :, 0], v[:, :, 0])  # [B, L, H, d]
+    out = jax.nn.dot_product_attention(q[:, :, 0], k[:, :, 0], v[:, :, 0], mask=mask)  # [B,L,H,d]
     return nn.Dense(self.width, dtype=self.dtype, kernel_init=dense_init,
                     name="proj")(out.reshape(b, l, self.width))
 
@@ -114,10 +115,12 @@ class Block(nn.Module):
   drop_path: float = 0.0
 
   @nn.compact
-  def __call__(self, x: jnp.ndarray, deterministic: bool = True) -> jnp.ndarray:
+  def __call__(self, x: jnp.ndarray, deterministic: bool = True,
+               mask: jnp.ndarray | None = None) -> jnp.ndarray:
+    """``x: [B, L, D]``; ``mask``: see :class:`Attention`."""
     drop_path = DropPath(self.drop_path)
     y = nn.LayerNorm(epsilon=LN_EPS, dtype=self.dtype, name="norm1")(x)
-    y = Attention(self.width, self.heads, self.dtype, name="attn")(y)
+    y = Attention(self.width, self.heads, self.dtype, name="attn")(y, mask)
     y = nn.Dropout(self.dropout)(y, deterministic=deterministic)
     x = x + drop_path(y, deterministic)
     y = nn.LayerNorm(epsilon=LN_EPS, dtype=self.dtype, name="norm2")(x)

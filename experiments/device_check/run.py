@@ -9,7 +9,10 @@ It measures, in one process on the default device:
    run, and XLA's memory per clip with and without ``model.remat`` (the compiled step's
    temporaries) next to the activations kept for the backward pass (the VJP's residuals);
 3. **loop vs bare step**: ``experiments/loop_overhead/run.py`` at the same size (the full loop's
-   clips/s against the bare compiled step's), as a subprocess.
+   clips/s against the bare compiled step's), as a subprocess;
+4. **embedding throughput**: ``experiments/embed_throughput/run.py``: audio hours/s of
+   ``dwm-jax embed`` with the quickstart encoder and ViT-B (bare program and end to end), as a
+   subprocess.
 
   python experiments/device_check/run.py                  # on the lent machine
   python experiments/device_check/run.py --small          # the CPU-sized version (tests run it)
@@ -105,6 +108,18 @@ def run_script(script: Path, args: list[str], timeout: int) -> tuple[int, str]:
   return proc.returncode, proc.stdout
 
 
+def embed_throughput(out: Path, small: bool) -> dict:
+  """``experiments/embed_throughput`` (as a subprocess): audio hours/s ``dwm-jax embed`` gets
+  from ViT-B here, bare program and end to end; its table goes into results.md."""
+  args = ["--small"] if small else [
+      "--encoders", "quickstart,base", "--batch", "base=256", "--batch", "quickstart=512",
+      "--clips", "10s=300", "--clips", "1s=600", "--clips", "3min=4",
+      "--workers", str(os.cpu_count() or 8)]
+  rc, _ = run_script(EXPERIMENTS / "embed_throughput" / "run.py",
+                     args + ["--out", str(out / "embed_throughput")], timeout=600)
+  return dict(measure="embed_throughput", embed_throughput_rc=rc)
+
+
 def write(rows: list[dict], out: Path, header: list[str], tables: dict[str, Path]) -> str:
   out.mkdir(parents=True, exist_ok=True)
   fields = sorted({k for r in rows for k in r}, key=lambda k: (k != "measure", k))
@@ -173,12 +188,14 @@ def main(argv=None) -> int:
                           mask_args + ["--out", str(out / "mask_cost")], timeout=600)
   rc_loop, _ = run_script(EXPERIMENTS / "loop_overhead" / "run.py",
                           loop_args + ["--out", str(out / "loop_overhead")], timeout=600)
+  rows.append(embed_throughput(out, a.small))
   rows.append(dict(measure="subprocesses", mask_cost_rc=rc_mask, loop_overhead_rc=rc_loop,
                    wall_s=time.perf_counter() - t_start))
   header.append(f"wall time {time.perf_counter() - t_start:.0f} s; mask_cost exit {rc_mask}, "
                 f"loop_overhead exit {rc_loop} (1 = a target not met, see its table)")
   print(write(rows, out, header, {"Mask cost": out / "mask_cost" / "results.md",
-                                  "Loop vs bare step": out / "loop_overhead" / "results.md"}))
+                                  "Loop vs bare step": out / "loop_overhead" / "results.md",
+                                  "Embedding throughput": out / "embed_throughput" / "results.md"}))
   return 0
 
 

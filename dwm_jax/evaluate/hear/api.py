@@ -57,7 +57,7 @@ def load_model(model_file_path: str = "", *, framework: str | None = None,
     framework: ``"torch"`` | ``"tf"``; default torch if importable, else TensorFlow.
     hop_ms: timestamp hop; default one patch column (160 ms, M2D). Finer hops (80, 40, 20, 10 ms)
       embed shifted windows: 160 / hop_ms times the cost of the default.
-    batch_size: encoder windows per JAX call (default 32).
+    batch_size: rows of encoder windows per JAX call (default 32).
   Options left ``None`` are taken from ``$DWM_JAX_HEAR_OPTIONS`` when it sets them.
   """
   given = {"framework": framework, "hop_ms": hop_ms, "batch_size": batch_size}

@@ -72,7 +72,8 @@ def timestamps_ms(num_samples: int, patch_width: int, hop_frames: int) -> np.nda
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class HearCore:
-  """An encoder and the HEAR options: timestamp hop (log-mel frames) and windows per JAX call."""
+  """An encoder and the HEAR options: timestamp hop (log-mel frames) and rows of windows per JAX
+  call."""
   encoder: Encoder
   hop_frames: int
   batch_size: int = 32
