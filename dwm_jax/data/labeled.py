@@ -192,20 +192,18 @@ def _load_logmel(path: str, spec: LogMelSpec) -> np.ndarray:
 
 
 def _load_clip(path: str, spec: LogMelSpec, unit: int | None):
-  """``(train clip, test clip, full clip or None)``: without a unit the file's log-mel (twice);
-  with one, the unit crops at 0 and, for a clip longer than the unit, the full wave (or a
-  ``.npy`` log-mel) to crop at random later."""
+  """``(log-mel, full clip or None)``: without a unit the file's log-mel; with one, its unit crop
+  at 0 and, for a clip longer than the unit, the full wave (or ``.npy`` log-mel) to crop at random
+  later."""
   if unit is None:
-    x = _load_logmel(path, spec)
-    return x, x, None
+    return _load_logmel(path, spec), None
   if os.path.splitext(path)[1] == ".npy":
     full = _load_logmel(path, spec)
     longer = full.shape[1] > num_frames(unit, spec)
   else:
     full = audio_io.load_audio(path, spec.sample_rate)
     longer = full.shape[0] > unit
-  x = unit_clip(full, unit, spec)
-  return x, x, (full if longer else None)
+  return unit_clip(full, unit, spec), (full if longer else None)
 
 
 def _layout(csv_path: str, fieldnames) -> str:
@@ -262,16 +260,16 @@ def load_csv_task(csv_path: str | os.PathLike, *, sep: str = ",",
       continue
     parts = [p.strip() for p in row["label"].split(sep)] if multilabel else [row["label"]]
     parts = [p for p in parts if p]
-    train_x, test_x, full = clip
+    lm, full = clip
     if layout == "fold":  # every clip trains in the other folds and is tested in its own
       split = "train"
-      x["test"].append(test_x)
+      x["test"].append(lm)
       folds.append(_fold_value(row["fold"]))
     else:
       split = row["split"]
-    if full is not None and split != "test":
+    if full is not None and split != "test":  # its train crop: drawn per seed (for_seed)
       long[split].append((len(x[split]), i, full))
-    x[split].append(train_x if split != "test" else test_x)
+    x[split].append(lm)
     raw[split].append(parts)
   if skipped:
     log.warning("task %s: skipped %d of %d files: %s", csv_name, sum(skipped.values()),
