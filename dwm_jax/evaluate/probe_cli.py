@@ -125,8 +125,11 @@ def unit_sec_for(args: argparse.Namespace):
   """The clip length of each task spec: ``--unit-sec``; with ``--protocol evar`` the EVAR task's
   (a task EVAR does not define needs ``--unit-sec``)."""
   def unit(spec: str) -> float | None:
+    if spec.startswith("tfds:") and args.protocol == "evar":
+      raise ValueError(f"task {spec}: --protocol evar crops clips to the task's unit_sec, which "
+                       f"dwm-jax does for CSV tasks only (EVAR's metadata CSVs)")
     if args.unit_sec is not None or args.protocol != "evar":
-      return args.unit_sec
+      return args.unit_sec if not spec.startswith("tfds:") else None
     found = evar_tasks.find(spec)
     if found is None:
       raise ValueError(f"task {spec}: not one of EVAR's tasks, so its unit_sec is unknown: "

@@ -137,6 +137,8 @@ def test_evar_protocol_needs_a_unit_for_tasks_evar_does_not_define(dataset, caps
   assert probe_cli.main(["--baseline", "logmel", "--protocol", "evar", "--task",
                          str(dataset / "event.csv")]) == 2
   assert "give --unit-sec" in capsys.readouterr().err
+  assert probe_cli.main(["--baseline", "logmel", "--protocol", "evar", "--task", "tfds:x"]) == 2
+  assert "for CSV tasks only" in capsys.readouterr().err
 
 
 def test_evar_lr_comes_from_the_recipe(tmp_path):
