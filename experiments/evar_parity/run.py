@@ -240,6 +240,9 @@ def main(argv: list[str] | None = None) -> int:
                              unit_sec=unit)
   checks = {spec: crop_check(evar, spec, unit(spec)) for spec in args.task if unit(spec)}
   seeds = list(range(42, 42 + args.seeds))
+  commits = {"evar_commit": commit_of(args.evar),  # the code under test, as the run starts
+             "general_learning_commit": commit_of(args.general_learning),
+             "dwm_jax_commit": commit_of(ROOT)}
   rows = []
   t0 = time.perf_counter()
   for spec in args.model or ["logmel"]:
@@ -249,9 +252,7 @@ def main(argv: list[str] | None = None) -> int:
       for r in run_task(evar, model, task, seeds, lr=lr, cache=args.cache):
         rows.append({"model": os.path.basename(spec.rstrip("/")), "lr": lr, **r})
   summary = summarize(rows)
-  meta = {"seeds": args.seeds, "evar_commit": commit_of(args.evar),
-          "general_learning_commit": commit_of(args.general_learning),
-          "dwm_jax_commit": commit_of(ROOT),
+  meta = {"seeds": args.seeds, **commits,
           "crop_checks": checks, "two_class_check": two_class_check(evar, seeds[:3]),
           "seconds": time.perf_counter() - t0}
   table = render(summary, meta)
