@@ -28,6 +28,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.batch_size = 32      # global batch (all devices); must divide by the device count
   c.eval_batch_size = 64  # windows per evaluation batch (valid / test), same rule
   c.epochs = 8.0         # maximum run length; early stopping may end it sooner
+  c.window_frames = 0    # frames of the training crops and evaluation windows. 0: the task's
+  #                        longest train clip rounded up to whole patch columns, at most the
+  #                        encoder's input (a 1 s clip is 7 columns, with the positional table
+  #                        cut to them, as M2D's runtime encodes it), never a window of padding
   c.log_every_steps = 20
 
   # Overrides of the encoder's own model config for fine-tuning.
@@ -111,6 +115,7 @@ def validate(config: ml_collections.ConfigDict, *, device_count: int, input_shap
     if b is not None and b % device_count:
       c.fail(field, f"{b} is not divisible by the {device_count} devices")
   c.number("epochs", lo=0.0, lo_open=True)
+  win = c.number("window_frames", lo=0, integer=True)
   c.number("log_every_steps", lo=1, integer=True)
   c.check("model.dtype", lambda v: v in DTYPES, f"unknown dtype {{v!r}}; valid: {', '.join(DTYPES)}")
   c.number("model.drop_path", lo=0.0, hi=1.0, hi_open=True)
@@ -146,6 +151,9 @@ def validate(config: ml_collections.ConfigDict, *, device_count: int, input_shap
   c.check("augment.random_crop", lambda v: isinstance(v, bool), "must be True or False, got {v!r}")
   if input_shape is not None:
     f, w = input_shape
+    if win and patch_size is not None and (win > w or win % patch_size[1]):
+      c.fail("window_frames", f"{win} must be a multiple of the patch width {patch_size[1]} "
+             f"and at most the encoder's {w} frames (0 = fit to the task's clips)")
     if fm is not None and fm > f:
       c.fail("augment.freq_mask", f"{fm} is wider than the encoder's {f} mel bins")
     if tm is not None and tm > w:
