@@ -5,7 +5,7 @@
 About 3-4 minutes on a 2-core laptop CPU. At the end the run linear-probes its encoder, a
 random-init encoder of the same architecture and plain log-mel statistics on the synthetic event /
 pitch / timbre tasks (fresh clips) and on two real-audio tasks rendered by Debian packages, spoken
-words (espeak-ng) and instrument families (fluidsynth + fluid-soundfont-gm), and prints the table
+words (espeak-ng) and instruments (fluidsynth + fluid-soundfont-gm), and prints the table
 (``WORKDIR/probe.md``, ``summary.json``). Where those packages are not installed, one line says
 which to install and the table keeps the synthetic tasks.
 Every field can be overridden, e.g. ``--config.total_steps=50`` or ``--config.mask.name=random``.
@@ -62,7 +62,8 @@ def get_config(arg: str | None = None):
   c.probe.after_pretrain = True
   c.probe.seeds = 3
   c.probe.synthetic_clips = 1500   # per task: 1050 train / 225 valid / 225 test clips
-  # Real sound, where a regression shows that the synthetic tasks hide: 700 words and 560
-  # instrument notes (held-out voices / instruments in test), rendered once into WORKDIR/rendered.
+  # Real sound, where a regression shows that the synthetic tasks hide: 700 words and 700
+  # instrument notes (voices and pitches in test that training never heard), rendered once into
+  # WORKDIR/rendered.
   c.probe.rendered = ("words", "instruments")
   return c

@@ -12,10 +12,11 @@ Tasks (EVAR layout: ``OUT/<task>.csv`` with ``file_name,label,split``, the WAVs 
   speaker says every word once. The variants are split between train, valid and test, so test
   speakers have voices training never heard (as SPCV2 holds out speakers).
 - ``instruments`` (``fluidsynth`` + the ``fluid-soundfont-gm`` General MIDI soundfont): one note
-  per clip, 2.0 s, labelled with its instrument family (piano, mallet, organ, guitar, strings,
-  brass, reed, pipe: 8 GM programs each). A family's programs are split between train, valid
-  and test, so test notes come from instruments training never heard (as NSynth holds out
-  instruments); pitch (MIDI 48-84), loudness, onset and length are drawn per note.
+  per clip, 2.0 s, labelled with its instrument (10: piano, harpsichord, vibraphone, marimba,
+  organ, guitar, violin, trumpet, sax, flute). The keys (MIDI 48-84) are split by ``key % 4``
+  between train (0, 1), valid (2) and test (3), so test notes are at pitches training never
+  heard for any instrument (timbre must be told apart from pitch); loudness, onset and length
+  are drawn per note.
 
 Every clip gets a random level and white background noise at a random SNR. A task is a pure
 function of its seed, sizes and the tools' versions: rendering twice gives the same files, and a
@@ -63,22 +64,12 @@ VARIANTS = ("m1", "m2", "m3", "m4", "m5", "m6", "m7", "f1", "f2", "f3", "f4", "f
             "steph")
 VARIANT_SPLIT = (18, 5, 9)  # variants heard only in train / valid / test
 
-# General MIDI programs (0-based) of each family (GM's groups of 8; timpani and the orchestra
-# hit are left out of strings, a bowed ensemble takes timpani's place).
-FAMILIES = {
-    "piano": (0, 1, 2, 3, 4, 5, 6, 7),
-    "mallet": (8, 9, 10, 11, 12, 13, 14, 15),
-    "organ": (16, 17, 18, 19, 20, 21, 22, 23),
-    "guitar": (24, 25, 26, 27, 28, 29, 30, 31),
-    "strings": (40, 41, 42, 43, 44, 45, 46, 48),
-    "brass": (56, 57, 58, 59, 60, 61, 62, 63),
-    "reed": (64, 65, 66, 67, 68, 69, 70, 71),
-    "pipe": (72, 73, 74, 75, 76, 77, 78, 79),
-}
-PROGRAM_SPLIT = (5, 1, 2)  # programs per family heard only in train / valid / test
-NOTES = (48, 84)  # MIDI keys drawn (C3-C6) ...
-# ... except where the soundfont's instrument has no sample above a key (measured: silent).
-NOTE_RANGES = {43: (36, 57), 58: (36, 72), 67: (40, 72)}  # contrabass, tuba, baritone sax
+# General MIDI programs (0-based) of the instruments, two pairs of close timbres among them
+# (vibraphone / marimba, piano / harpsichord).
+INSTRUMENTS = {"piano": 0, "harpsichord": 6, "vibraphone": 11, "marimba": 12, "organ": 19,
+               "guitar": 24, "violin": 40, "trumpet": 56, "sax": 65, "flute": 73}
+NOTES = (48, 84)  # MIDI keys played (C3-C6; every instrument above has samples there)
+KEY_SPLIT = {"train": (0, 1), "valid": (2,), "test": (3,)}  # by key % 4: test pitches unheard
 SOUNDFONTS = ("/usr/share/sounds/sf2/FluidR3_GM.sf2", "/usr/share/sounds/sf2/default-GM.sf2")
 
 
@@ -215,18 +206,16 @@ def render_words(clips: list[Clip], seed: int, seconds: float = 1.0,
 # --- instruments: fluidsynth + a General MIDI soundfont -----------------------------------------
 
 def instruments_plan(seed: int, per_class: tuple[int, int, int]) -> list[Clip]:
-  """``per_class[s]`` notes per family in split ``s``, from that split's programs."""
+  """``per_class[s]`` notes per instrument in split ``s``, at that split's keys."""
   rng = np.random.default_rng([seed, 3])
   clips = []
-  for family, programs in FAMILIES.items():
-    groups = _split_items(programs, PROGRAM_SPLIT, rng)
+  for name, program in INSTRUMENTS.items():
     for split, n in zip(SPLITS, per_class):
-      for k in range(n):
-        program = int(groups[split][k % len(groups[split])])
-        lo, hi = NOTE_RANGES.get(program, NOTES)
-        clips.append(Clip(family, split, {
-            "program": program,
-            "note": int(rng.integers(lo, hi + 1)), "velocity": int(rng.integers(50, 121)),
+      keys = [k for k in range(NOTES[0], NOTES[1] + 1) if k % 4 in KEY_SPLIT[split]]
+      for _ in range(n):
+        clips.append(Clip(name, split, {
+            "program": program, "note": int(keys[int(rng.integers(len(keys)))]),
+            "velocity": int(rng.integers(50, 121)),
             "onset": float(rng.uniform(0.0, 0.25)), "hold": float(rng.uniform(0.4, 1.2)),
             "snr_db": float(rng.uniform(20.0, 40.0)),
             "peak_db": float(rng.uniform(-12.0, -1.0))}))

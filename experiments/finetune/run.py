@@ -9,7 +9,7 @@
 The encoder is a pretraining workdir's latest checkpoint (``configs/quickstart.py`` by default).
 Tasks: ``--suite real`` (default) renders the ``words`` (espeak-ng) and ``instruments``
 (fluidsynth) tasks of ``dwm_jax.data.rendered`` (seed 0, 40 / 10 / 20 clips per class; held-out
-voices and instruments in valid and test) into ``--work``/rendered; ``--suite synthetic`` uses the
+voices and pitches in valid and test) into ``--work``/rendered; ``--suite synthetic`` uses the
 synthetic tasks on the very clips the quickstart's own probe uses (``--clips`` clips of 2.08 s,
 seed ``data.synthetic.seed + 1``; 70/15/15 split). Both methods get the same train / valid / test
 clips and seeds 0..N-1: the linear probe of ``dwm_jax.evaluate.evaluate_tasks`` and
@@ -89,7 +89,7 @@ def load_tasks(suite: str, work: str, tiny: bool, clips: int):
              for t in ("words", "instruments")]
     return tasks, (f"rendered real audio (dwm_jax.data.rendered, seed 0, {per_class[0]} / "
                    f"{per_class[1]} / {per_class[2]} clips per class): words (espeak-ng, 1.0 s, "
-                   "held-out voices), instruments (fluidsynth, 2.0 s, held-out programs)")
+                   "held-out voices), instruments (fluidsynth, 2.0 s, held-out pitches)")
   from configs import quickstart
   from dwm_jax.data.labeled import synthetic_tasks
   s = quickstart.get_config().data.synthetic  # the quickstart probe's clips: seed + 1, 2.08 s

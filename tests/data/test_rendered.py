@@ -55,18 +55,16 @@ def test_words_plan_holds_out_voices():
   assert rendered.words_plan(1, SMALL) == rendered.words_plan(1, SMALL)
 
 
-def test_instruments_plan_holds_out_programs():
-  clips = rendered.instruments_plan(0, SMALL)
-  for family, programs in rendered.FAMILIES.items():
-    used = {s: {c.params["program"] for c in clips if c.label == family and c.split == s}
-            for s in rendered.SPLITS}
-    assert not used["train"] & used["test"] and not used["valid"] & used["test"]
-    assert set().union(*used.values()) <= set(programs)
-    assert [sum(c.label == family and c.split == s for c in clips)
-            for s in rendered.SPLITS] == list(SMALL)
-  for c in clips:
-    lo, hi = rendered.NOTE_RANGES.get(c.params["program"], rendered.NOTES)
-    assert lo <= c.params["note"] <= hi
+def test_instruments_plan_holds_out_pitches():
+  clips = rendered.instruments_plan(0, rendered.PER_CLASS)
+  keys = {s: {c.params["note"] for c in clips if c.split == s} for s in rendered.SPLITS}
+  assert not keys["train"] & keys["test"] and not keys["valid"] & keys["test"]
+  assert not keys["train"] & keys["valid"]
+  assert all(rendered.NOTES[0] <= k <= rendered.NOTES[1] for k in set().union(*keys.values()))
+  for name, program in rendered.INSTRUMENTS.items():
+    mine = [c for c in clips if c.label == name]
+    assert {c.params["program"] for c in mine} == {program}
+    assert [sum(c.split == s for c in mine) for s in rendered.SPLITS] == list(rendered.PER_CLASS)
 
 
 @pytest.mark.skipif(bool(NO_INSTRUMENTS), reason=NO_INSTRUMENTS or "")
@@ -92,8 +90,8 @@ def test_fluidsynth_plays_the_midi_notes_at_their_pitch_and_onset():
 def test_instruments_task_renders_and_is_reused(tmp_path, monkeypatch):
   path = rendered.render("instruments", str(tmp_path), seed=0, per_class=(1, 1, 1))
   rows = _rows(path)
-  assert len(rows) == 3 * len(rendered.FAMILIES)
-  assert {r["label"] for r in rows} == set(rendered.FAMILIES)
+  assert len(rows) == 3 * len(rendered.INSTRUMENTS)
+  assert {r["label"] for r in rows} == set(rendered.INSTRUMENTS)
   meta = json.loads((tmp_path / "instruments.json").read_text())
   assert meta["per_class"] == [1, 1, 1] and "fluidsynth" in meta["tools"]
   for r in rows:

@@ -36,6 +36,6 @@ def test_rendered_tasks_join_the_probe(tmp_path):
   assert [t.name for t in tasks][3:] == ["words", "instruments"]
   words, instruments = tasks[3:]
   assert (words.num_classes, len(words.test[0])) == (10, 10)
-  assert (instruments.num_classes, len(instruments.train[0])) == (8, 8)
+  assert (instruments.num_classes, len(instruments.train[0])) == (10, 10)
   assert (tmp_path / "rendered" / "words.csv").is_file()
   assert run.config_tasks(small_config())[3:] == []  # no workdir: nothing rendered

@@ -49,7 +49,7 @@ def test_tiny_real_audio_run(script, tmp_path, capsys):
   assert script.main(["--tiny", "--out", str(tmp_path), "--work", str(tmp_path / "work")]) == 0
   result = json.loads((tmp_path / "results.json").read_text())
   assert result["meta"]["splits"] == {"words": {"train": 30, "valid": 10, "test": 20},
-                                      "instruments": {"train": 24, "valid": 8, "test": 16}}
+                                      "instruments": {"train": 30, "valid": 10, "test": 20}}
   for method in ("linear probe", "fine-tuned"):
     for task in ("words", "instruments"):
       [score] = result["per_seed"][method][task]
