@@ -7,7 +7,9 @@ random-init encoder of the same architecture and plain log-mel statistics on the
 pitch / timbre tasks (fresh clips) and on two real-audio tasks rendered by Debian packages, spoken
 words (espeak-ng) and instruments (fluidsynth + fluid-soundfont-gm), and prints the table
 (``WORKDIR/probe.md``, ``summary.json``). Where those packages are not installed, one line says
-which to install and the table keeps the synthetic tasks.
+which to install and the table keeps the synthetic tasks. The real-audio tasks add their
+rendering (about 20 s) and probing: about 5 minutes together, measured on a heavily shared
+2-core machine (load average 14).
 Every field can be overridden, e.g. ``--config.total_steps=50`` or ``--config.mask.name=random``.
 
 Why MAE here, when the paper (and ``configs/m2d.py``) use M2D: in the 160 CPU steps this job can

@@ -6,7 +6,8 @@ import pytest
 
 from dwm_jax import patching
 from dwm_jax.evaluate.embed import embed_logmels
-from dwm_jax.evaluate.finetuning import model, step
+from dwm_jax.evaluate.finetuning import model
+from dwm_jax.evaluate.finetuning import step as ft_step
 from dwm_jax.evaluate.finetuning.config import base_config
 
 torch = pytest.importorskip("torch")
@@ -37,13 +38,13 @@ def test_a_short_clips_window_is_its_own_columns_as_the_probe_embeds_it(tiny_enc
   # columns: the clip embedding is embed's (which encodes a short clip's real columns only),
   # not that of a 64-frame window half padding.
   enc = tiny_encoder
-  assert step.task_window(base_config(), enc, [20, 32, 9]) == 32
-  assert step.task_window(base_config(), enc, [20, 101]) == 64  # at most the encoder's input
+  assert ft_step.task_window(base_config(), enc, [20, 32, 9]) == 32
+  assert ft_step.task_window(base_config(), enc, [20, 101]) == 64  # at most the encoder's input
   c = base_config()
   c.window_frames = 48
-  assert step.task_window(c, enc, [20]) == 48
-  setup = step.build(base_config(), enc, num_train=10, num_classes=3, multilabel=False,
-                     window=32)
+  assert ft_step.task_window(c, enc, [20]) == 48
+  setup = ft_step.build(base_config(), enc, num_train=10, num_classes=3, multilabel=False,
+                        window=32)
   assert setup.input_shape == (80, 32) and tuple(setup.grid) == (5, 2)
   x = np.random.default_rng(2).normal(-6.0, 3.0, (3, 80, 32)).astype(np.float32)
   want = np.stack([c for _, c in embed_logmels(enc, list(x))])
@@ -55,7 +56,7 @@ def test_a_short_clips_window_is_its_own_columns_as_the_probe_embeds_it(tiny_enc
                               enc.grid, jnp.asarray(enc.position_table), None, train=False)
   assert not np.allclose(full, want, atol=1e-2)
   with pytest.raises(ValueError, match="multiple of the patch width 16"):
-    step.build(base_config(), enc, num_train=10, num_classes=3, multilabel=False, window=40)
+    ft_step.build(base_config(), enc, num_train=10, num_classes=3, multilabel=False, window=40)
 
 
 def test_dropped_columns_do_not_reach_the_embedding(tiny_encoder):
