@@ -14,7 +14,7 @@ decay 0.75 (BEiT / MAE / AudioMAE's rule) and the head at 10x, 1 warmup epoch + 
 BatchNorm + linear head from scratch, windows fitted to the task's clips (a 1 s clip trains on its
 own 7 patch columns), random crops, batch 32, at most 8 epochs with early stopping after 4
 evaluations without progress; mixup and SpecAugment off (at 8 epochs they cost 7 to 13 points on
-the synthetic tasks), patch dropout off (at 8 epochs it cost 12 points on 1 s spoken words:
+the synthetic tasks), patch dropout off (at 8 epochs it cost 13 points on 1 s spoken words:
 ``docs/finetuning.md``). About 1 to 3 minutes per task and seed for the quickstart's 4-block tiny
 encoder on a 2-core CPU.
 

@@ -73,7 +73,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.augment.patch_dropout = 0.0  # fraction of time columns dropped per clip (M2D's structured
   #                                training_mask); the clip embedding is over the kept columns.
   #                                Off: at 8 epochs half of a 1 s word's 7 columns dropped cost
-  #                                12 points (it often drops the word itself)
+  #                                13 points (it often drops the word itself)
   c.augment.random_crop = True  # train on a random window of longer clips (else their start)
 
   c.early_stop = ml_collections.ConfigDict()
