@@ -21,6 +21,7 @@ import logging
 import os
 import re
 import sys
+import time
 
 from dwm_jax import faults
 
@@ -169,13 +170,24 @@ def report_end(line: str, status: int) -> None:
 
 # Runtime errors of a cross-process collective whose peer went away (gloo on CPU, NCCL on GPU, the
 # coordination service's cancellation): the run cannot continue, whatever the peer's fate.
-_COLLECTIVE = re.compile(r"gloo|nccl|collective|connection reset|connection refused|socket closed"
-                         r"|not connected|broken pipe|timed out waiting", re.IGNORECASE)
+# Named by what raised them, not by the symptom: "Connection refused" from a bucket is no peer's.
+_COLLECTIVE = re.compile(r"\bgloo\b|\bnccl\b|collective|incarnation id", re.IGNORECASE)
 
 
 def is_collective_failure(e: BaseException) -> bool:
   """Whether ``e`` is a cross-process collective that failed (a peer stopped or hangs)."""
   return isinstance(e, (RuntimeError, ValueError)) and bool(_COLLECTIVE.search(str(e)))
+
+
+def collective_failure_in(e: BaseException) -> BaseException | None:
+  """The failed collective behind ``e`` (``e`` itself or what it was raised from), if any."""
+  seen = set()
+  while e is not None and id(e) not in seen:
+    if is_collective_failure(e):
+      return e
+    seen.add(id(e))
+    e = e.__cause__ or e.__context__
+  return None
 
 
 class CollectiveFailure(faults.RestartFault):
@@ -187,22 +199,26 @@ class CollectiveFailure(faults.RestartFault):
                      "command: it resumes from its last checkpoint")
 
 
-def leave(status: int, wait_seconds: float) -> None:
+def leave(status: int, heartbeat_timeout_seconds: int, *, peer_lost: bool = False) -> None:
   """Ends a process of a multi-process run that stopped on a fault, without JAX's shutdown
   barrier (which waits up to 5 minutes for processes that may be stuck in a collective).
 
-  It first waits, up to ``wait_seconds``, for the other processes at a barrier: a fault every
-  process meets at the same step (NaN loss, no readable checkpoint, a config they all reject)
-  brings them all there, and each reports its own line before process 0, whose exit ends the
-  others, leaves. A fault of this process alone lets the wait run out; the others, stuck waiting
-  for it, then see it lost.
+  After a failed collective (``peer_lost``) it waits for the coordination service, which ends
+  this process once it declares the peer lost (within the heartbeat timeout), so that the
+  supervisor can name the lost process. After any other fault it waits, up to 10 s, for the
+  other processes at a barrier: a fault every process meets at the same step (NaN loss, no
+  readable checkpoint, a config they all reject) brings them all there, and each reports its own
+  line before process 0, whose exit ends the others, leaves. A fault of this process alone lets
+  the wait run out; the others, stuck waiting for it, then see it lost.
   """
   import jax  # pylint: disable=import-outside-toplevel
-  if jax.process_count() > 1:
+  if peer_lost:
+    time.sleep(heartbeat_timeout_seconds + 10)
+  elif jax.process_count() > 1:
     import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
     try:
-      ocp.multihost.get_barrier_sync_fn()(key="dwm_jax_fault",
-                                          timeout_ms=int(wait_seconds * 1000))
+      ocp.multihost.get_barrier_sync_fn()(
+          key="dwm_jax_fault", timeout_ms=int(min(10, heartbeat_timeout_seconds) * 1000))
     except Exception:  # pylint: disable=broad-except  (the others did not come, or are gone)
       pass
   logging.shutdown()

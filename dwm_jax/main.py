@@ -225,12 +225,15 @@ def main(argv: Sequence[str] | None = None) -> int:
   try:
     apply_mask_options(config, mask_options)
     summary = train_and_evaluate(config, fv.workdir, on_step=distributed.report_step)
-  except (faults.Fault, OSError) as e:
-    return _stop(prog, e, setup, debug=fv.debug)
-  except (RuntimeError, ValueError) as e:
-    if not (setup.multi_process and distributed.is_collective_failure(e)):
+  except (faults.Fault, OSError, RuntimeError, ValueError) as e:
+    # A failed collective, even inside a save ("saving checkpoint N failed (... Gloo AllGather
+    # failed ...)"), means another process stopped: nothing here to fix.
+    failed = distributed.collective_failure_in(e) if setup.multi_process else None
+    if failed is not None:
+      e = distributed.CollectiveFailure(failed)
+    elif not isinstance(e, (faults.Fault, OSError)):
       raise
-    return _stop(prog, distributed.CollectiveFailure(e), setup, debug=fv.debug)
+    return _stop(prog, e, setup, debug=fv.debug)
   if "probe" in summary:
     log.info("probe: %s", json.dumps(summary["probe"]))
   return 0
@@ -245,13 +248,8 @@ def _stop(prog: str, e: BaseException, setup: distributed.Setup, *, debug: bool)
     traceback.print_exception(e)
   line, status = console.fault_message(prog, e)
   distributed.report_end(line, status)
-  # A failed collective: wait for the coordination service to name the lost process (it ends this
-  # one when it does); any other fault: for the others to meet the same one.
-  if isinstance(e, distributed.CollectiveFailure):
-    wait = setup.heartbeat_timeout_seconds + 10
-  else:
-    wait = min(10, setup.heartbeat_timeout_seconds)
-  distributed.leave(status, wait)
+  distributed.leave(status, setup.heartbeat_timeout_seconds,
+                    peer_lost=isinstance(e, distributed.CollectiveFailure))
   return status
 
 

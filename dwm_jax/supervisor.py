@@ -23,7 +23,6 @@ Restart the job with the same command; it resumes from the checkpoint the line n
 """
 from __future__ import annotations
 
-import collections
 import dataclasses
 import json
 import os
@@ -43,6 +42,7 @@ RESTART = faults.RestartFault.exit_status
 HOLD_SECONDS = 1.0
 _FATAL = "Terminating process because the JAX distributed service detected fatal errors"
 _PY_LOG = re.compile(r"^\d\d:\d\d:\d\d [DIWEC] \S+\] ")  # dwm_jax.console's format
+_RUNTIME_RECORD = re.compile(r"^[IWEF]\d{4} \d\d:\d\d:\d\d\.\d+\s+\d+ \S+:\d+\] ")  # absl's
 # Who the coordination service says is gone: "unhealthy (stopped sending heartbeats):\n1" (or
 # "/job:jax_worker/replica:0/task:1"), "Task 1 heartbeat timeout"; a lost coordinator shows as
 # the failed RPC to it.
@@ -85,13 +85,22 @@ def _checkpoint_text(resume_from: int | None, checkpoints: str) -> str:
 
 def verdict(prog: str, end: Ending, *, resume_from: int | None, checkpoints: str,
             heartbeat_timeout_seconds: int) -> tuple[str | None, int]:
-  """``(line or None, exit status)`` for how the trainer ended."""
+  """``(line or None, exit status)`` for how the trainer ended.
+
+  A fault the trainer reported as its own (status 1 or 2) is the line even when the runtime's
+  fatal report ended it afterwards (its peers left on the same fault, or saw it gone); the fatal
+  report otherwise names the lost process, which says more than a failed collective (75).
+  """
   me = f"process {end.process_id}" if end.process_id is not None else "this process"
   of = f" of {end.num_processes}" if end.num_processes else ""
-  at = f" at step {end.step}" if end.step is not None else " before its first step"
+  # A step is reported once its save returns: a process lost while the others finish the save
+  # of step N has N trained (and checkpoint N may be committed) but N - 1 reported.
+  step = max(end.step or 0, resume_from or 0) if end.step is not None else resume_from
+  at = f" at step {step}" if step is not None else " before its first step"
   resume = (f"Restart the job with the same command: it resumes from "
             f"{_checkpoint_text(resume_from, checkpoints)}")
-  if end.runtime_text:
+  own_fault = end.line is not None and end.status != RESTART
+  if end.runtime_text and not own_fault:
     lost = [p for p in lost_processes(end.runtime_text) if p != end.process_id]
     if lost == [0]:
       who = "process 0 (the coordinator; its connection closed)"
@@ -112,13 +121,27 @@ def verdict(prog: str, end: Ending, *, resume_from: int | None, checkpoints: str
           f"it resumes from {_checkpoint_text(resume_from, checkpoints)}"), 1
 
 
+def runtime_records(lines: Sequence[str]) -> list[bool]:
+  """Which lines belong to a runtime record: an absl log line of the C++ runtime and the lines
+  that continue it (up to a log line of ours, a traceback or the next record)."""
+  flags, in_record = [], False
+  for line in lines:
+    if _RUNTIME_RECORD.match(line):
+      in_record = True
+    elif _PY_LOG.match(line) or line.startswith("Traceback"):
+      in_record = False
+    flags.append(in_record)
+  return flags
+
+
 class _HeldStderr:
-  """Copies the trainer's stderr to ours, every line :data:`HOLD_SECONDS` late; from the
-  runtime's fatal line on, what is still held (other than our own log lines) is dropped."""
+  """Copies the trainer's stderr to ours, every line :data:`HOLD_SECONDS` late. From the
+  runtime's fatal line on, the runtime records still held are kept apart (the fatal report), and
+  so are those held when the trainer ends on a fault: its dying runtime's last words."""
 
   def __init__(self, stream, out):
     self._out = out
-    self._held: collections.deque = collections.deque()
+    self._held: list[tuple[float, str]] = []
     self._lock = threading.Lock()
     self.fatal_text: list[str] = []
     self._thread = threading.Thread(target=self._read, args=(stream,), daemon=True)
@@ -130,21 +153,31 @@ class _HeldStderr:
       with self._lock:
         if self.fatal_text:
           self.fatal_text.append(line)
-        elif _FATAL in line:  # what led up to it goes with it; our own log lines stay
-          self.fatal_text = [l for _, l in self._held if not _PY_LOG.match(l)] + [line]
-          self._held = collections.deque((t, l) for t, l in self._held if _PY_LOG.match(l))
+        elif _FATAL in line:  # the records that led up to it go with it
+          self.fatal_text = self._take_records() + [line]
         else:
           self._held.append((time.monotonic(), line))
+
+  def _take_records(self) -> list[str]:
+    flags = runtime_records([l for _, l in self._held])
+    records = [l for (_, l), f in zip(self._held, flags) if f]
+    self._held = [h for h, f in zip(self._held, flags) if not f]
+    return records
 
   def release(self, older_than: float) -> None:
     with self._lock:
       while self._held and self._held[0][0] <= older_than:
-        self._out.write(self._held.popleft()[1])
+        self._out.write(self._held.pop(0)[1])
     self._out.flush()
 
-  def finish(self) -> str:
+  def finish(self, ended_well: bool) -> str:
     """Copies what is left once the trainer ended; returns the runtime's fatal report."""
     self._thread.join(timeout=10)
+    with self._lock:
+      if not ended_well:
+        records = self._take_records()  # without a fatal line: noise of the runtime's end
+        if self.fatal_text:
+          self.fatal_text += records
     self.release(float("inf"))
     return "".join(self.fatal_text)
 
@@ -214,7 +247,7 @@ def run(cmd: Sequence[str], *, prog: str, workdir: str, setup: distributed.Setup
   finally:
     for s, handler in previous.items():
       signal.signal(s, handler)
-  fatal = stderr.finish()
+  fatal = stderr.finish(ended_well=child.returncode == 0)
   latest = reports.finish()
   end = Ending(returncode=child.returncode, step=latest.get("step"), line=latest.get("line"),
                status=latest.get("status"), runtime_text=fatal,
