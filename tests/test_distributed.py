@@ -61,6 +61,14 @@ def test_collective_failures_are_recognized():
   assert distributed.is_collective_failure(gloo) and distributed.is_collective_failure(reset)
   assert not distributed.is_collective_failure(RuntimeError("RESOURCE_EXHAUSTED: Out of memory"))
   assert not distributed.is_collective_failure(KeyError("gloo"))
+  try:  # a save that failed on a collective, as the loop reports it
+    try:
+      raise reset
+    except RuntimeError as e:
+      raise OSError("saving checkpoint 4 failed") from e
+  except OSError as e:
+    assert distributed.collective_failure_in(e) is reset
+  assert distributed.collective_failure_in(OSError("No space left on device")) is None
   fault = distributed.CollectiveFailure(reset)
   assert fault.exit_status == 75 and "Connection reset by peer" in str(fault)
   assert "\n" not in str(fault)

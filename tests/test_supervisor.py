@@ -93,6 +93,17 @@ def test_each_ending_gets_one_line_and_its_status():
   assert "before its first step" in line and "step 0 (no finished checkpoint in /w/checkpoints)" in line
 
 
+def test_runtime_records_and_their_continuation_lines():
+  lines = ["12:00:00 I dwm_jax.train] step 7/8\n", *PEER_1_UNHEALTHY.splitlines(True),
+           "[Gloo] Rank 0 is connected to 1 peer ranks.\n", "12:00:01 W dwm_jax.train] next\n",
+           *STACK.splitlines(True)]
+  flags = supervisor.runtime_records(lines)
+  kept = [l for l, f in zip(lines, flags) if not f]
+  # A record continues up to our next log line: the Gloo line inside one goes with it.
+  assert kept == ["12:00:00 I dwm_jax.train] step 7/8\n", "12:00:01 W dwm_jax.train] next\n",
+                  *STACK.splitlines(True)]
+
+
 # A stand-in trainer: reports like the real one, then ends as told.
 TRAINER = textwrap.dedent("""
     import os, signal, sys, time
@@ -105,14 +116,16 @@ TRAINER = textwrap.dedent("""
       sys.stderr.write({fatal!r})
       sys.stderr.flush()
       os.abort()
-    elif how == "fault":
+    elif how == "fault":  # its runtime's last records, then its own line
       distributed.report_end("dwm-jax pretrain: saving checkpoint 8 failed", 1)
+      sys.stderr.write({records!r})
+      sys.stderr.flush()
       sys.exit(1)
     else:  # wait for a signal, saying which one came
       signal.signal(signal.SIGTERM, lambda s, f: (print("got SIGTERM", flush=True), sys.exit(0)))
       print("pid", os.getpid(), flush=True)
       time.sleep(60)
-    """).format(fatal=PEER_1_UNHEALTHY + SHUTDOWN_BARRIER + STACK)
+    """).format(fatal=PEER_1_UNHEALTHY + SHUTDOWN_BARRIER + STACK, records=PEER_1_UNHEALTHY)
 
 
 def _supervise(tmp_path, how: str) -> subprocess.Popen:
@@ -147,7 +160,8 @@ def test_a_reported_fault_is_the_line(tmp_path):
   proc = _supervise(tmp_path, "fault")
   _, err = proc.communicate(timeout=60)
   assert proc.returncode == 1
-  assert err.splitlines()[-1] == "dwm-jax pretrain: saving checkpoint 8 failed"
+  assert err.splitlines() == ["12:00:00 I dwm_jax.train] step 7/8",
+                              "dwm-jax pretrain: saving checkpoint 8 failed"]
 
 
 def _wait_for_pid(proc: subprocess.Popen) -> int:

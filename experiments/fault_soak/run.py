@@ -13,14 +13,17 @@ Two arms, one per kind of workdir, each with its own uninterrupted run:
   and ``stall`` (the proxy stops forwarding for a random 5-40 s, then forwards again). A full
   disk is not a bucket fault: the server then answers 5xx and the client retries, a stall again.
 
-Faults come in a seeded shuffled rotation. One is injected once process 0 logged a random step
+Saves are synchronous (``checkpoint.async_save=False``): with asynchronous saves, a write that
+fails in one process's background thread leaves the other processes in orbax's commit barrier
+until orbax's 20-minute async timeout (see docs/faults.md). Faults come in a seeded shuffled
+rotation. One is injected once process 0 logged a random step
 past the one the attempt resumed from; an attempt ends when both processes exit (or goes on, hit
 by the next fault, if it rode the fault out). Per fault it records the step reached, both exit
 statuses and last lines, the seconds from the fault until both processes exited, the step the
 next attempt resumed from and the steps repeated. Wall time lost is the arm's wall time minus its
 uninterrupted run's.
 
-  python experiments/fault_soak/run.py                    # 2 x 12 faults (about 40 min here)
+  python experiments/fault_soak/run.py                    # 2 x 10 faults (about 45 min here)
   python experiments/fault_soak/run.py --arms bucket --faults 3 --steps 80 --out /tmp/soak
 
 Needs root for the tmpfs (without it the local arm leaves disk_full out, and says so). Writes
@@ -147,7 +150,8 @@ class Disk:
 def command(workdir: str, steps: int) -> list[str]:
   return [sys.executable, "-m", "dwm_jax.main", "--config", str(TINY), "--workdir", workdir,
           f"--config.epochs={steps // 4}", "--config.checkpoint.every_steps=10",
-          "--config.checkpoint.keep=3", "--heartbeat_timeout_seconds", str(HEARTBEAT),
+          "--config.checkpoint.keep=3", "--config.checkpoint.async_save=False",
+          "--heartbeat_timeout_seconds", str(HEARTBEAT),
           "--collective_timeout_seconds", str(COLLECTIVE)]
 
 
@@ -211,12 +215,13 @@ def soak(arm: str, args) -> dict:
          "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
          "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
   kinds = storage.kinds()
-  faults, attempts = [], []
+  faults, attempts, pairs = [], [], []
   try:
     # The uninterrupted run (its wall time includes one start, as the soak's first attempt does).
     t0 = time.monotonic()
     reference_dir = paths.join(storage.base, "reference")
     ref = Pair(command(reference_dir, args.steps), env, gcs_server.free_port())
+    pairs.append(ref)
     assert ref.wait(3600) and [p.returncode for p in ref.procs] == [0, 0], ref.lines[0][-20:]
     reference_seconds = time.monotonic() - t0
     _, reference = final_state(reference_dir)
@@ -231,6 +236,7 @@ def soak(arm: str, args) -> dict:
       attempt = {"number": len(attempts) + 1, "expected_resume": finished[-1] if finished else 0}
       attempts.append(attempt)
       pair = Pair(command(workdir, args.steps), env, gcs_server.free_port())
+      pairs.append(pair)
       hit = None
       while len(faults) < args.faults:
         if not rotation:
@@ -291,6 +297,8 @@ def soak(arm: str, args) -> dict:
             "leftover_folders": leftovers,
             "kinds": kinds, "left_out": storage.left_out()}
   finally:
+    for pair in pairs:
+      pair.kill()
     storage.close()
     shutil.rmtree(work, ignore_errors=True)
 
@@ -368,14 +376,15 @@ def _mean_max(xs: list[float]) -> str:
 def main(argv: list[str] | None = None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--arms", default="local,bucket", help="local, bucket or both")
-  parser.add_argument("--faults", type=int, default=12, help="per arm")
-  parser.add_argument("--steps", type=int, default=200, help="the run's length (4 per epoch)")
+  parser.add_argument("--faults", type=int, default=10, help="per arm")
+  parser.add_argument("--steps", type=int, default=120, help="the run's length (4 per epoch)")
   parser.add_argument("--max-gap", type=int, default=20,
                       help="a fault hits at most this many steps after the last one")
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--disk-mb", type=int, default=24, help="the local arm's tmpfs")
   parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
   args = parser.parse_args(argv)
+  signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # clean up (processes, tmpfs) on SIGTERM
   results = [soak(arm, args) for arm in args.arms.split(",")]
   print(report(results, Path(args.out)))
   ok = all(r["equal_to_uninterrupted"] and r["no_checkpoint_trained_over"] for r in results)
