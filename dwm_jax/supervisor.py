@@ -40,6 +40,7 @@ RESTART = faults.RestartFault.exit_status
 # Lines of the trainer's stderr wait this long before they are copied: the coordination
 # service's error lines come milliseconds before its fatal one, and must go with it.
 HOLD_SECONDS = 1.0
+_SUPERVISOR_PID_ENV = "DWM_JAX_SUPERVISOR_PID"
 _FATAL = "Terminating process because the JAX distributed service detected fatal errors"
 _PY_LOG = re.compile(r"^\d\d:\d\d:\d\d [DIWEC] \S+\] ")  # dwm_jax.console's format
 _RUNTIME_RECORD = re.compile(r"^[IWEF]\d{4} \d\d:\d\d:\d\d\.\d+\s+\d+ \S+:\d+\] ")  # absl's
@@ -225,7 +226,8 @@ def run(cmd: Sequence[str], *, prog: str, workdir: str, setup: distributed.Setup
         resumable_step: Callable[[str], int | None] = _resumable_step) -> int:
   """Runs ``cmd`` (the trainer) under supervision; returns the exit status to end with."""
   read_fd, write_fd = os.pipe()
-  env = {**os.environ, distributed.SUPERVISOR_FD_ENV: str(write_fd)}
+  env = {**os.environ, distributed.SUPERVISOR_FD_ENV: str(write_fd),
+         _SUPERVISOR_PID_ENV: str(os.getpid())}
   child = subprocess.Popen(list(cmd), env=env, pass_fds=(write_fd,), stderr=subprocess.PIPE,
                            start_new_session=True)
   os.close(write_fd)
@@ -283,5 +285,5 @@ def die_with_parent() -> None:
     ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGKILL), 0, 0, 0)
   except (OSError, AttributeError):
     return
-  if os.getppid() == 1:  # the supervisor died before prctl took effect
-    os._exit(RESTART)  # pylint: disable=protected-access
+  if str(os.getppid()) != os.environ.get(_SUPERVISOR_PID_ENV, str(os.getppid())):
+    os._exit(RESTART)  # the supervisor died before prctl took effect  # pylint: disable=protected-access
