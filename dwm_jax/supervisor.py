@@ -78,7 +78,12 @@ def lost_processes(text: str) -> list[int]:
   return [0] if _COORDINATOR_GONE.search(text) else []
 
 
+UNKNOWN = -1  # the workdir did not answer: which checkpoint a restart resumes from is not known
+
+
 def _checkpoint_text(resume_from: int | None, checkpoints: str) -> str:
+  if resume_from == UNKNOWN:
+    return f"its newest finished checkpoint in {checkpoints}"
   if resume_from is None:
     return f"step 0 (no finished checkpoint in {checkpoints})"
   return f"checkpoint {resume_from} in {checkpoints}"
@@ -96,7 +101,8 @@ def verdict(prog: str, end: Ending, *, resume_from: int | None, checkpoints: str
   of = f" of {end.num_processes}" if end.num_processes else ""
   # A step is reported once its save returns: a process lost while the others finish the save
   # of step N has N trained (and checkpoint N may be committed) but N - 1 reported.
-  step = max(end.step or 0, resume_from or 0) if end.step is not None else resume_from
+  known = resume_from if resume_from != UNKNOWN else None
+  step = max(end.step or 0, known or 0) if end.step is not None else known
   at = f" at step {step}" if step is not None else " before its first step"
   resume = (f"Restart the job with the same command: it resumes from "
             f"{_checkpoint_text(resume_from, checkpoints)}")
@@ -205,16 +211,19 @@ class _Reports:
 
 
 def _resumable_step(workdir: str, timeout_s: float = 20.0) -> int | None:
-  """The newest finished checkpoint (what a restart resumes from); None when there is none or
-  the workdir does not answer in time (a stalled bucket must not hang the supervisor)."""
+  """The newest finished checkpoint (what a restart resumes from); None when there is none,
+  :data:`UNKNOWN` when the workdir does not answer in time (a stalled bucket must not hang the
+  supervisor)."""
+  # Imported here, untimed (orbax takes seconds to import on a busy host): only the storage
+  # calls are bounded.
   from dwm_jax.train import checkpoint as ckpt  # pylint: disable=import-outside-toplevel
-  found: list[int | None] = [None]
+  found: list[int | None] = [UNKNOWN]
 
   def look() -> None:
     try:
       steps = ckpt.finished_steps(workdir)
       found[0] = steps[-1] if steps else None
-    except Exception:  # pylint: disable=broad-except  (an unreadable workdir: say nothing)
+    except Exception:  # pylint: disable=broad-except  (an unreadable workdir: not known)
       pass
   thread = threading.Thread(target=look, daemon=True)
   thread.start()

@@ -91,6 +91,10 @@ def test_each_ending_gets_one_line_and_its_status():
   line, _ = supervisor.verdict("p", supervisor.Ending(returncode=-9), resume_from=None,
                                checkpoints="/w/checkpoints", heartbeat_timeout_seconds=5)
   assert "before its first step" in line and "step 0 (no finished checkpoint in /w/checkpoints)" in line
+  line, _ = supervisor.verdict("p", supervisor.Ending(returncode=-9, step=4),
+                               resume_from=supervisor.UNKNOWN, checkpoints="/w/checkpoints",
+                               heartbeat_timeout_seconds=5)
+  assert "at step 4" in line and "its newest finished checkpoint in /w/checkpoints" in line
 
 
 def test_runtime_records_and_their_continuation_lines():
