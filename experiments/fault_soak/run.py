@@ -250,8 +250,8 @@ def soak(arm: str, args) -> dict:
         hit = inject(rotation.pop(), pair, rng, storage)
         hit["attempt"] = attempt["number"]
         faults.append(hit)
-        print(f"fault {len(faults)}: {hit['kind']} ({hit['target']}) at step {hit['step']}",
-              flush=True)
+        print(f"{time.strftime('%H:%M:%S')} fault {len(faults)}: {hit['kind']} "
+              f"({hit['target']}) at step {hit['step']}", flush=True)
         if pair.wait(RIDE_OUT):
           hit["exit_seconds"] = round(max(pair.ended_at) - hit["t"], 1)
           break
@@ -273,7 +273,7 @@ def soak(arm: str, args) -> dict:
         hit.update(outcome="ended the attempt", reached=pair.step, statuses=attempt["statuses"],
                    last_lines=attempt["last_lines"])
         ended_by = hit
-      print(f"attempt {attempt['number']}: resumed from {attempt['resumed_from']} (newest "
+      print(f"{time.strftime('%H:%M:%S')} attempt {attempt['number']}: resumed from {attempt['resumed_from']} (newest "
             f"finished checkpoint: {attempt['expected_resume']}), reached {pair.step}, exit "
             f"statuses {attempt['statuses']}", flush=True)
       if attempt["statuses"] == [0, 0] and pair.step >= args.steps:
@@ -377,8 +377,8 @@ def main(argv: list[str] | None = None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--arms", default="local,bucket", help="local, bucket or both")
   parser.add_argument("--faults", type=int, default=10, help="per arm")
-  parser.add_argument("--steps", type=int, default=120, help="the run's length (4 per epoch)")
-  parser.add_argument("--max-gap", type=int, default=20,
+  parser.add_argument("--steps", type=int, default=200, help="the run's length (4 per epoch)")
+  parser.add_argument("--max-gap", type=int, default=12,
                       help="a fault hits at most this many steps after the last one")
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--disk-mb", type=int, default=24, help="the local arm's tmpfs")
