@@ -16,12 +16,12 @@ Two arms, one per kind of workdir, each with its own uninterrupted run:
 Saves are synchronous (``checkpoint.async_save=False``): with asynchronous saves, a write that
 fails in one process's background thread leaves the other processes in orbax's commit barrier
 until orbax's 20-minute async timeout (see docs/faults.md). Faults come in a seeded shuffled
-rotation. One is injected once process 0 logged a random step
-past the one the attempt resumed from; an attempt ends when both processes exit (or goes on, hit
-by the next fault, if it rode the fault out). Per fault it records the step reached, both exit
-statuses and last lines, the seconds from the fault until both processes exited, the step the
-next attempt resumed from and the steps repeated. Wall time lost is the arm's wall time minus its
-uninterrupted run's.
+rotation. One is injected once process 0 logged a random step past the one the attempt resumed
+from; an attempt ends when both processes exit, or goes on, hit by the next fault, if it rode
+the fault out (a stall after which process 0 logs new steps). Per fault it records the step
+reached, both exit statuses and last lines, the seconds from the fault until both processes
+exited, the step the next attempt resumed from and the steps repeated. Wall time lost is the
+arm's wall time minus its uninterrupted run's.
 
   python experiments/fault_soak/run.py                    # 2 x 10 faults (about 45 min here)
   python experiments/fault_soak/run.py --arms bucket --faults 3 --steps 80 --out /tmp/soak
@@ -62,6 +62,8 @@ STALL_SECONDS = (5.0, 40.0)
 RIDE_OUT = HEARTBEAT + COLLECTIVE + 30  # still running this long after a fault: it rode it out
 _STEP = re.compile(r"\] step (\d+)/(\d+) ")
 _RESUMED = re.compile(r"resumed from step (\d+)")
+_AT_STEP = re.compile(r" at step (\d+)")  # the stop lines: "stopped by preemption at step 21/200",
+                                          # "lost process 1 of 2 (...) at step 37; ..."
 
 
 class Pair:
@@ -94,10 +96,13 @@ class Pair:
   def running(self) -> bool:
     return any(p.poll() is None for p in self.procs)
 
-  def wait(self, timeout: float) -> bool:
-    """Whether both exited within ``timeout`` seconds."""
+  def wait(self, timeout: float, progress_past: int | None = None) -> bool:
+    """Whether both exited within ``timeout`` seconds; with ``progress_past``, stops waiting
+    (False) once process 0 logs a step 3 past it: the run went on."""
     deadline = time.monotonic() + timeout
     while self.running() and time.monotonic() < deadline:
+      if progress_past is not None and self.step > progress_past + 3:
+        return False
       time.sleep(0.05)
     if self.running():
       return False
@@ -153,6 +158,13 @@ def command(workdir: str, steps: int) -> list[str]:
           "--config.checkpoint.keep=3", "--config.checkpoint.async_save=False",
           "--heartbeat_timeout_seconds", str(HEARTBEAT),
           "--collective_timeout_seconds", str(COLLECTIVE)]
+
+
+def reached(pair: Pair) -> int:
+  """The step the attempt got to: process 0's last progress line, or a later step named by a
+  stop line of either process (process 0's last second of log dies with a killed supervisor)."""
+  named = [int(m) for i in (0, 1) for line in pair.lines[i][-3:] for m in _AT_STEP.findall(line)]
+  return max([pair.step, *named])
 
 
 def final_state(workdir: str) -> tuple[int, dict]:
@@ -252,7 +264,7 @@ def soak(arm: str, args) -> dict:
         faults.append(hit)
         print(f"{time.strftime('%H:%M:%S')} fault {len(faults)}: {hit['kind']} "
               f"({hit['target']}) at step {hit['step']}", flush=True)
-        if pair.wait(RIDE_OUT):
+        if pair.wait(RIDE_OUT, progress_past=hit["step"] if hit["kind"] == "stall" else None):
           hit["exit_seconds"] = round(max(pair.ended_at) - hit["t"], 1)
           break
         hit["outcome"] = "rode it out"
@@ -262,7 +274,7 @@ def soak(arm: str, args) -> dict:
                            f"{pair.lines[0][-5:]}")
       if storage.disk is not None:
         storage.disk.free()  # the operator makes room before the restart
-      attempt.update(resumed_from=pair.resumed_from or 0, reached=pair.step,
+      attempt.update(resumed_from=pair.resumed_from or 0, reached=reached(pair),
                      statuses=[p.returncode for p in pair.procs],
                      last_lines=[pair.last_line(0), pair.last_line(1)])
       if ended_by is not None:
@@ -270,11 +282,12 @@ def soak(arm: str, args) -> dict:
         ended_by["steps_repeated"] = ended_by["reached"] - attempt["resumed_from"]
       ended_by = None
       if hit is not None and hit.get("outcome") != "rode it out":
-        hit.update(outcome="ended the attempt", reached=pair.step, statuses=attempt["statuses"],
+        hit.update(outcome="ended the attempt", reached=attempt["reached"],
+                   statuses=attempt["statuses"],
                    last_lines=attempt["last_lines"])
         ended_by = hit
       print(f"{time.strftime('%H:%M:%S')} attempt {attempt['number']}: resumed from {attempt['resumed_from']} (newest "
-            f"finished checkpoint: {attempt['expected_resume']}), reached {pair.step}, exit "
+            f"finished checkpoint: {attempt['expected_resume']}), reached {attempt['reached']}, exit "
             f"statuses {attempt['statuses']}", flush=True)
       if attempt["statuses"] == [0, 0] and pair.step >= args.steps:
         break
@@ -322,8 +335,27 @@ def inject(kind: str, pair: Pair, rng: random.Random, storage: Storage) -> dict:
   return fault
 
 
+def _recount(result: dict) -> None:
+  """Steps reached and repeated from the records (for results.json written before ``reached``
+  read the stop lines)."""
+  attempts = result["attempts"]
+  for a in attempts:
+    named = [int(m) for line in a.get("last_lines", []) for m in _AT_STEP.findall(line)]
+    a["reached"] = max([a.get("reached", 0), *named])
+  for x in result["faults"]:
+    if x.get("outcome") != "ended the attempt":
+      continue
+    n = x["attempt"]
+    x["reached"] = attempts[n - 1]["reached"]
+    if n < len(attempts):
+      x["resumed_from"] = attempts[n]["resumed_from"]
+      x["steps_repeated"] = x["reached"] - x["resumed_from"]
+
+
 def report(results: list[dict], out: Path) -> str:
   out.mkdir(parents=True, exist_ok=True)
+  for r in results:
+    _recount(r)
   fields = ["arm", "n", "kind", "target", "step", "outcome", "statuses", "exit_seconds",
             "reached", "resumed_from", "steps_repeated", "last_line_0", "last_line_1"]
   with open(out / "faults.csv", "w", newline="") as f:
@@ -383,9 +415,14 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--disk-mb", type=int, default=24, help="the local arm's tmpfs")
   parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
+  parser.add_argument("--report-only", action="store_true",
+                      help="rewrite results.md and faults.csv from --out's results.json")
   args = parser.parse_args(argv)
   signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # clean up (processes, tmpfs) on SIGTERM
-  results = [soak(arm, args) for arm in args.arms.split(",")]
+  if args.report_only:
+    results = json.loads((Path(args.out) / "results.json").read_text())
+  else:
+    results = [soak(arm, args) for arm in args.arms.split(",")]
   print(report(results, Path(args.out)))
   ok = all(r["equal_to_uninterrupted"] and r["no_checkpoint_trained_over"] for r in results)
   return 0 if ok else 1
