@@ -44,6 +44,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import jax
@@ -62,6 +63,9 @@ STALL_SECONDS = (5.0, 40.0)
 RIDE_OUT = HEARTBEAT + COLLECTIVE + 30  # still running this long after a fault: it rode it out
 _STEP = re.compile(r"\] step (\d+)/(\d+) ")
 _RESUMED = re.compile(r"resumed from step (\d+)")
+# The checkpoint an attempt's stop lines name for the restart (a cross-check of the listing).
+_NAMED = re.compile(r"resumes from checkpoint (\d+)|checkpoint (\d+) is intact|"
+                    r"stopped by preemption at step (\d+)")
 _AT_STEP = re.compile(r" at step (\d+)")  # the stop lines: "stopped by preemption at step 21/200",
                                           # "lost process 1 of 2 (...) at step 37; ..."
 
@@ -169,11 +173,23 @@ def reached(pair: Pair) -> int:
 
 def final_state(workdir: str) -> tuple[int, dict]:
   import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+  _forget_listings()
   manager = ckpt.make_manager(workdir, read_only=True)
   step = manager.latest_step()
   out = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
   manager.close()
   return step, jax.tree.map(np.asarray, out["state"]["train"])
+
+
+def _forget_listings() -> None:
+  """gcsfs keeps every folder listing of a long-lived process: this one lists the bucket before
+  the trainers write it, and would not see their checkpoints."""
+  try:
+    import gcsfs  # pylint: disable=import-outside-toplevel
+  except ImportError:
+    return
+  for fs in list(getattr(gcsfs.GCSFileSystem, "_cache", {}).values()):
+    fs.invalidate_cache()
 
 
 def same_tree(a, b) -> bool:
@@ -199,6 +215,25 @@ class Storage:
       self.base = self.server.make_bucket("soak")
     else:
       self.base = str(self.disk.root)
+
+  def finished_steps(self, workdir: str) -> list[int]:
+    """The committed checkpoints, read afresh: on the bucket from the server itself (not through
+    the proxy, which may be paused, nor gcsfs, whose listings a long-lived process caches)."""
+    if self.server is None:
+      return ckpt.finished_steps(workdir)
+    bucket, prefix = workdir.split("://", 1)[1].split("/", 1)
+    names, token = [], ""
+    while True:
+      url = (f"{self.server.url}/storage/v1/b/{bucket}/o?prefix={prefix}/checkpoints/"
+             f"&pageToken={token}")
+      with urllib.request.urlopen(url, timeout=30) as r:
+        page = json.load(r)
+      names += [item["name"] for item in page.get("items", [])]
+      token = page.get("nextPageToken", "")
+      if not token:
+        break
+    marker = re.compile(rf"^{re.escape(prefix)}/checkpoints/(\d+)/commit_success\.txt$")
+    return sorted(int(m.group(1)) for m in map(marker.match, names) if m)
 
   def kinds(self) -> list[str]:
     return [k for k in ARMS[self.arm] if k != "disk_full" or self.disk.mounted]
@@ -244,7 +279,7 @@ def soak(arm: str, args) -> dict:
     ended_by: dict | None = None   # the fault that ended the previous attempt
     soak_start = time.monotonic()
     while True:
-      finished = ckpt.finished_steps(workdir) if paths.isdir(workdir) else []
+      finished = storage.finished_steps(workdir)
       attempt = {"number": len(attempts) + 1, "expected_resume": finished[-1] if finished else 0}
       attempts.append(attempt)
       pair = Pair(command(workdir, args.steps), env, gcs_server.free_port())
@@ -296,9 +331,10 @@ def soak(arm: str, args) -> dict:
     soak_seconds = time.monotonic() - soak_start
     step, state = final_state(workdir)
     # What the restarts left: unfinished saves must be gone, and none taken for damage.
+    _forget_listings()
     names = paths.listdir(ckpt.checkpoint_dir(workdir))
     leftovers = [n for n in names if not n.isdigit() or n not in
-                 {str(s) for s in ckpt.finished_steps(workdir)}]
+                 {str(s) for s in storage.finished_steps(workdir)}]
     leftovers += [f"damaged_checkpoints/{n}" for n in ckpt.damaged_checkpoints(workdir)]
     return {"arm": arm, "faults": faults, "attempts": attempts, "steps": args.steps,
             "seed": args.seed,
@@ -342,6 +378,15 @@ def _recount(result: dict) -> None:
   for a in attempts:
     named = [int(m) for line in a.get("last_lines", []) for m in _AT_STEP.findall(line)]
     a["reached"] = max([a.get("reached", 0), *named])
+  for before, a in zip(attempts, attempts[1:]):
+    named = [int(n) for line in before.get("last_lines", []) for m in _NAMED.findall(line)
+             for n in m if n]
+    a["named_resume"] = max(named) if named else None
+  # What the stop lines name is what the processes saw (the harness listing of a bucket through
+  # gcsfs was stale in the first bucket run: it caches listings in a long-lived process).
+  result["no_checkpoint_trained_over"] = all(
+      a["resumed_from"] == (a["named_resume"] if a.get("named_resume") is not None
+                            else a["expected_resume"]) for a in attempts)
   for x in result["faults"]:
     if x.get("outcome") != "ended the attempt":
       continue
