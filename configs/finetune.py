@@ -11,10 +11,12 @@
 
 ``recipe=cpu`` (:func:`dwm_jax.evaluate.finetuning.config.base_config`): AdamW with layer-wise lr
 decay 0.75 (BEiT / MAE / AudioMAE's rule) and the head at 10x, 1 warmup epoch + cosine, a
-BatchNorm + linear head from scratch, 50% structured patch dropout, random crops, batch 32, at
-most 8 epochs with early stopping after 4 evaluations without progress; mixup and SpecAugment off
-(at 8 epochs they cost 7 to 13 points on the synthetic tasks). About 3 minutes per task and seed
-for the quickstart's 4-block tiny encoder on a 2-core CPU.
+BatchNorm + linear head from scratch, windows fitted to the task's clips (a 1 s clip trains on its
+own 7 patch columns), random crops, batch 32, at most 8 epochs with early stopping after 4
+evaluations without progress; mixup and SpecAugment off (at 8 epochs they cost 7 to 13 points on
+the synthetic tasks), patch dropout off (at 8 epochs it cost 13 points on 1 s spoken words:
+``docs/finetuning.md``). About 1 to 3 minutes per task and seed for the quickstart's 4-block tiny
+encoder on a 2-core CPU.
 
 ``recipe=m2d``: the M2D authors' fine-tuning through EVAR (``nttcslab/eval-audio-repr``), for
 accelerators. From EVAR's ``config/m2d.yaml``: batch 128 (``ft_bs``), 200 epochs (``ft_epochs``),

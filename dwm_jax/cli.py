@@ -15,6 +15,8 @@ COMMANDS = {
               "embeddings of an audio collection (clip, frames, layers), resumable"),
     "prepare": ("dwm_jax.data.prepare", "convert an audio folder to log-mel .npy files"),
     "synth": ("dwm_jax.data.synthetic", "write the synthetic audio set as WAV + CSV"),
+    "render": ("dwm_jax.data.rendered",
+               "render real-audio tasks (espeak-ng words, fluidsynth instruments) as WAV + CSV"),
     "show": ("dwm_jax.plots.masks", "PNG of a spectrogram, its dispersion and every mask"),
     "import-torch": ("dwm_jax.evaluate.torch_cli:import_main",
                      "the authors' PyTorch M2D checkpoint -> an encoder export file"),

@@ -113,6 +113,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.probe.seeds = 3
   c.probe.after_pretrain = False   # train_and_evaluate ends with a probe vs a random-init encoder
   c.probe.synthetic_clips = 600    # clips per synthetic task (source=synthetic, no tasks given)
+  c.probe.rendered = ()            # real-audio tasks rendered by Debian packages and probed too,
+  #                                  where installed (dwm_jax.data.rendered: words, instruments)
+  c.probe.rendered_per_class = (40, 10, 20)  # their clips per class in train / valid / test
   c.probe.evar_lr = 3e-5           # `probe --protocol evar`'s lr: EVAR's lr_lineareval (m2d.yaml)
   return c
 

@@ -56,8 +56,14 @@ def report_fault(prog: str, e: BaseException, *, debug: bool = False) -> int:
   writing logs) is reported the same way, with status 1."""
   if faults.debug_enabled(debug):
     traceback.print_exception(e)
+  line, status = fault_message(prog, e)
+  print(line, file=sys.stderr)
+  return status
+
+
+def fault_message(prog: str, e: BaseException) -> tuple[str, int]:
+  """``("prog: what happened, where, what to do", exit status)`` of an expected failure."""
   message = str(e) if isinstance(e, faults.Fault) else (
       f"{faults.one_line(e)}; the last checkpoint is intact, rerun the same command to resume "
       "once the cause is fixed")
-  print(f"{prog}: {message}", file=sys.stderr)
-  return int(getattr(e, "exit_status", 1))
+  return f"{prog}: {message}", int(getattr(e, "exit_status", 1))

@@ -1,9 +1,10 @@
 """Expected failures: each is one exception type with a one-line message and an exit status.
 
 The command-line entry points print ``str(fault)`` and exit with ``fault.exit_status`` (no
-traceback unless ``--debug`` or ``DWM_JAX_DEBUG=1``); the README's "Faults and exit status"
-table lists every case. Status 1: the run stopped on a fault (rerunning after the fix resumes);
-status 2: the request itself cannot work (invalid config or arguments, does not fit).
+traceback unless ``--debug`` or ``DWM_JAX_DEBUG=1``); ``docs/faults.md`` lists every case.
+Status 1: the run stopped on a fault (rerunning after the fix resumes); status 2: the request
+itself cannot work (invalid config or arguments, does not fit); status 75 (``EX_TEMPFAIL``):
+nothing to fix, restart the job with the same command (a lost peer process).
 """
 from __future__ import annotations
 
@@ -20,6 +21,12 @@ class Fault(Exception):
 class UsageFault(Fault):
   """The request cannot work as given (config, arguments, sizes): fix it, then rerun."""
   exit_status = 2
+
+
+class RestartFault(Fault):
+  """Nothing to fix: the job stopped because of something outside it (a lost peer process);
+  restarting it with the same command resumes from its last checkpoint."""
+  exit_status = 75  # EX_TEMPFAIL (sysexits.h): "temporary failure, the user is invited to retry"
 
 
 def one_line(e: BaseException, limit: int = 400) -> str:

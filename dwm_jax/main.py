@@ -9,8 +9,10 @@ Library entry: :func:`train_and_evaluate`. Exit status: 0 when finished or stopp
 SIGTERM/SIGINT after saving a checkpoint (rerun the same command to resume); 1 when the run
 stopped on a fault it reports in one line (NaN/Inf loss, no readable checkpoint, a failed save,
 a failed input pipeline); 2 on an invalid config or command line, a checkpoint of another model,
-or a step that does not fit in device memory (found before step 1). ``--debug`` (or
-``DWM_JAX_DEBUG=1``) adds the traceback.
+or a step that does not fit in device memory (found before step 1); 75 when a multi-process run
+lost a peer process (restart the job with the same command). ``--debug`` (or
+``DWM_JAX_DEBUG=1``) adds the traceback. A multi-process run trains in a child process of
+:mod:`dwm_jax.supervisor`, which reports how it ended.
 
 Strategy options: ``--config.mask.options.NAME=VALUE`` sets any registered option of the run's
 strategy (``mask.name``), typed by the option's default, e.g. ``--config.mask.options.metric=variance``
@@ -23,13 +25,14 @@ import logging
 import os
 import re
 import sys
-from typing import Any, Sequence
+import traceback
+from typing import Any, Callable, Sequence
 
 import ml_collections
 from absl import flags
 from ml_collections import config_flags
 
-from dwm_jax import console, distributed, faults, paths, validate
+from dwm_jax import console, distributed, faults, paths, supervisor, validate
 
 log = logging.getLogger("dwm_jax")
 SUMMARY_FILE = "summary.json"
@@ -54,9 +57,11 @@ def final_probe(config: ml_collections.ConfigDict, workdir: str) -> dict[str, An
   return results
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
+                       on_step: Callable[[int], None] | None = None) -> dict[str, Any]:
   """Validates ``config`` (before any compilation), pretrains in ``workdir`` and, with
   ``config.probe.after_pretrain``, probes the final encoder against a random-init one.
+  ``on_step(steps_done)`` runs after every step (see :func:`dwm_jax.train.loop.train`).
 
   Returns the run summary (also written to ``WORKDIR/summary.json``). Raises
   :class:`dwm_jax.validate.ConfigError` for an invalid config and
@@ -67,7 +72,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   validate.validate(config)
   from dwm_jax.train import loop  # pylint: disable=import-outside-toplevel
 
-  summary = loop.train(config, workdir)
+  summary = loop.train(config, workdir, on_step=on_step)
   if jax.process_index() != 0:
     return summary
   path = paths.join(summary["workdir"], SUMMARY_FILE)
@@ -156,6 +161,12 @@ def _flags(argv: list[str]) -> tuple[flags.FlagValues, Any]:
                        flag_values=fv)
   flags.DEFINE_bool("distributed", False, "multi-host with JAX's auto-detection (TPU pods, "
                     "SLURM, Open MPI)", flag_values=fv)
+  flags.DEFINE_integer("heartbeat_timeout_seconds", distributed.HEARTBEAT_TIMEOUT_SECONDS,
+                       "multi-host: a process without heartbeat for this long counts as lost, and "
+                       "every other one stops (exit status 75)", flag_values=fv)
+  flags.DEFINE_integer("collective_timeout_seconds", None, "multi-host on CPUs: how long a "
+                       "gloo collective waits for the other processes (XLA's default: 1800)",
+                       flag_values=fv)
   flags.DEFINE_enum("log_level", "info", ["debug", "info", "warning"], "console log level",
                     flag_values=fv)
   flags.DEFINE_bool("debug", False, f"show the traceback of expected failures too (or "
@@ -176,6 +187,7 @@ def _unknown_field_message(error: str, argv: list[str]) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
   """``dwm-jax pretrain --config FILE[:ARG] --workdir W [--config.FIELD=VALUE ...]``."""
   argv = list(sys.argv[1:] if argv is None else argv)
+  command = list(argv)
   prog = "dwm-jax pretrain"
   try:
     argv, mask_options = split_mask_options(argv)
@@ -198,19 +210,47 @@ def main(argv: Sequence[str] | None = None) -> int:
   config = config_flag.value
   try:
     setup = distributed.resolve(fv.coordinator_address, fv.num_processes, fv.process_id,
-                                auto=fv.distributed)
+                                auto=fv.distributed,
+                                heartbeat_timeout_seconds=fv.heartbeat_timeout_seconds,
+                                collective_timeout_seconds=fv.collective_timeout_seconds)
   except ValueError as e:
     print(f"{prog}: {e}", file=sys.stderr)
     return 2
+  if setup.multi_process and not distributed.supervised():
+    return supervisor.run(supervisor.trainer_command(command), prog=prog, workdir=fv.workdir,
+                          setup=setup)
+  if distributed.supervised():
+    supervisor.die_with_parent()
   distributed.initialize(setup)
   try:
     apply_mask_options(config, mask_options)
-    summary = train_and_evaluate(config, fv.workdir)
-  except (faults.Fault, OSError) as e:
-    return console.report_fault(prog, e, debug=fv.debug)
+    summary = train_and_evaluate(config, fv.workdir, on_step=distributed.report_step)
+  except (faults.Fault, OSError, RuntimeError, ValueError) as e:
+    # A failed collective, even inside a save ("saving checkpoint N failed (... Gloo AllGather
+    # failed ...)"), means another process stopped: nothing here to fix.
+    failed = distributed.collective_failure_in(e) if setup.multi_process else None
+    if failed is not None:
+      e = distributed.CollectiveFailure(failed)
+    elif not isinstance(e, (faults.Fault, OSError)):
+      raise
+    return _stop(prog, e, setup, debug=fv.debug)
   if "probe" in summary:
     log.info("probe: %s", json.dumps(summary["probe"]))
   return 0
+
+
+def _stop(prog: str, e: BaseException, setup: distributed.Setup, *, debug: bool) -> int:
+  """Reports a fault in one line: on stderr, or, under the supervisor, to it (which prints it
+  unless this process was lost in the meantime) before leaving without the shutdown barrier."""
+  if not distributed.supervised():
+    return console.report_fault(prog, e, debug=debug)
+  if faults.debug_enabled(debug):
+    traceback.print_exception(e)
+  line, status = console.fault_message(prog, e)
+  distributed.report_end(line, status)
+  distributed.leave(status, setup.heartbeat_timeout_seconds,
+                    peer_lost=isinstance(e, distributed.CollectiveFailure))
+  return status
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ import ml_collections
 
 from dwm_jax import faults, masking, objectives, paths, patching
 from dwm_jax.data.pipeline import SOURCES
+from dwm_jax.data.rendered import TASKS as RENDERED_TASKS
 from dwm_jax.models.vit import DTYPES, MODEL_SIZES
 from dwm_jax.objectives.m2d import TARGET_INITS
 from dwm_jax.train import ema
@@ -241,6 +242,16 @@ def _check_probe(c: _Checker) -> None:
       continue
     if not ok:
       c.fail(f"probe.tasks[{i}]", f"task CSV {task!r} does not exist (or use tfds:NAME)")
+  rendered = c.get("probe.rendered") or ()
+  if isinstance(rendered, str):
+    rendered = (rendered,)
+  for i, name in enumerate(rendered):
+    if name not in RENDERED_TASKS:
+      c.fail(f"probe.rendered[{i}]",
+             f"unknown rendered task {name!r}; valid: {', '.join(RENDERED_TASKS)}")
+  c.check("probe.rendered_per_class",
+          lambda v: len(v) == 3 and all(isinstance(n, int) and n >= 1 for n in v),
+          "must be 3 positive clip counts per class (train, valid, test), got {v!r}")
   if c.get("probe.after_pretrain") and not tasks and c.get("data.source") != "synthetic":
     c.fail("probe.tasks", "probe.after_pretrain needs task CSVs (or tfds:NAME) when "
            "data.source is not synthetic (the synthetic tasks only stand in for synthetic data)")

@@ -1,15 +1,20 @@
-"""Multi-host: flag/env resolution, and a real two-process run on localhost CPUs (gloo)."""
+"""Multi-host: flag/env resolution, and real two-process runs on localhost CPUs (gloo): SIGTERM,
+a bucket workdir, and kill -9 of either process under ``dwm-jax pretrain``'s supervisor."""
+import glob
 import json
 import os
+import re
+import shutil
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 
 from dwm_jax import distributed, paths
-from tests.train.conftest import (_CACHE_OPTIONS, assert_same_tree, cache_dir,  # noqa: F401
-                                  compile_cache, saved_state)
+from tests.train.conftest import (_CACHE_OPTIONS, TINY, assert_same_tree,  # noqa: F401
+                                  cache_dir, compile_cache, saved_state)
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(TESTS)
@@ -27,6 +32,46 @@ def test_resolve_flags_env_and_errors():
     distributed.resolve(num_processes=2, environ={})
   with pytest.raises(ValueError, match="0 <= process_id < num_processes"):
     distributed.resolve("h:1", 2, 2, environ={})
+  setup = distributed.resolve("h:1", 2, 1, environ={}, heartbeat_timeout_seconds=5,
+                              collective_timeout_seconds=30)
+  assert (setup.heartbeat_timeout_seconds, setup.collective_timeout_seconds) == (5, 30)
+  assert distributed.Setup().heartbeat_timeout_seconds == 100  # JAX's default: for real pods
+  assert setup.multi_process and distributed.resolve(auto=True, environ={}).multi_process
+  assert not distributed.resolve(environ={}).multi_process
+  with pytest.raises(ValueError, match="heartbeat_timeout_seconds >= 1"):
+    distributed.resolve("h:1", 2, 1, environ={}, heartbeat_timeout_seconds=0)
+
+
+def test_collective_timeout_goes_to_xla_flags_unless_set(monkeypatch):
+  """The CPU collective timeout reaches XLA through XLA_FLAGS (read when the backend starts); a
+  value the user put there wins. (tests/test_distributed.py's runs check the rest.)"""
+  flag = "--xla_cpu_collective_timeout_seconds"
+  monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=1")
+  distributed._set_xla_flag(flag, 30)  # pylint: disable=protected-access
+  assert os.environ["XLA_FLAGS"] == f"--xla_force_host_platform_device_count=1 {flag}=30"
+  distributed._set_xla_flag(flag, 60)  # pylint: disable=protected-access
+  assert os.environ["XLA_FLAGS"].endswith(f"{flag}=30")
+
+
+def test_collective_failures_are_recognized():
+  gloo = ValueError("UNKNOWN: Gloo AllGather failed: [external/gloo/gloo/transport/tcp/"
+                    "unbound_buffer.cc:132] Timed out waiting 5000ms for send operation")
+  reset = RuntimeError("UNKNOWN: Gloo all-reduce failed: [external/gloo/gloo/transport/tcp/"
+                       "pair.cc:538] Read error [127.0.0.1]:34709: Connection reset by peer")
+  assert distributed.is_collective_failure(gloo) and distributed.is_collective_failure(reset)
+  assert not distributed.is_collective_failure(RuntimeError("RESOURCE_EXHAUSTED: Out of memory"))
+  assert not distributed.is_collective_failure(KeyError("gloo"))
+  try:  # a save that failed on a collective, as the loop reports it
+    try:
+      raise reset
+    except RuntimeError as e:
+      raise OSError("saving checkpoint 4 failed") from e
+  except OSError as e:
+    assert distributed.collective_failure_in(e) is reset
+  assert distributed.collective_failure_in(OSError("No space left on device")) is None
+  fault = distributed.CollectiveFailure(reset)
+  assert fault.exit_status == 75 and "Connection reset by peer" in str(fault)
+  assert "\n" not in str(fault)
 
 
 def _free_port() -> int:
@@ -90,3 +135,86 @@ def test_two_processes_share_a_bucket_workdir(gcs, pair_reference):
   rows = [json.loads(r) for r in paths.read_text(f"{workdir}/metrics.jsonl").splitlines()]
   assert [r["step"] for r in rows] == list(range(1, 9))  # one writer: each step once
   assert_same_tree(saved_state(workdir)[1], saved_state(pair_reference)[1])
+
+
+# ---------------------------------------------------------------------------------------------
+# A lost peer, through the command a user runs (``dwm-jax pretrain``, so under its supervisor).
+
+HEARTBEAT = 5      # --heartbeat_timeout_seconds of these runs
+MARGIN = 15        # what a survivor may take beyond it here (2 shared cores, 2 processes each)
+# The coordination service's error and fatal records, its stack trace, a Python traceback.
+_RUNTIME_REPORT = re.compile(r"^[EF]\d{4} \d\d:|Check failure|^\s+@\s+0x|Traceback|"
+                             r"Terminating process|coordination_service", re.MULTILINE)
+
+
+def _start_pair(workdir: str) -> list[subprocess.Popen]:
+  """``dwm-jax pretrain`` of the tiny config on 2 processes; a synchronous save after every step
+  (a run that lasts over a second on any machine, so a kill lands inside it)."""
+  port = _free_port()
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1",
+         "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", "")}
+  return [subprocess.Popen(
+      [sys.executable, "-m", "dwm_jax.main", "--config", TINY, "--workdir", workdir,
+       "--coordinator_address", f"localhost:{port}", "--num_processes", "2", "--process_id",
+       str(i), "--heartbeat_timeout_seconds", str(HEARTBEAT), "--config.checkpoint.every_steps=1",
+       "--config.checkpoint.async_save=False"],
+      cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+      for i in range(2)]
+
+
+def _finished_steps(workdir: str) -> list[int]:
+  return sorted(int(n) for n in os.listdir(os.path.join(workdir, "checkpoints")) if n.isdigit())
+
+
+def _wait_for_checkpoint(workdir: str, step: int, procs: list[subprocess.Popen]) -> None:
+  deadline = time.monotonic() + 400
+  while not os.path.isdir(os.path.join(workdir, "checkpoints", str(step))):
+    for p in procs:
+      assert p.poll() is None, p.communicate()[1][-3000:]
+    assert time.monotonic() < deadline, "no checkpoint within 400 s"
+    time.sleep(0.01)
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("compile_cache")
+@pytest.mark.parametrize("victim", [1, 0])
+def test_kill_9_of_one_process_ends_the_other_in_one_line_and_the_restart_resumes_exactly(
+    pair_reference, tmp_path, victim):
+  """kill -9 of one process (1, or 0 which hosts the coordination service) right after its third
+  checkpoint: the other exits with status 75 within the heartbeat timeout plus a margin, with one
+  line naming the lost process, its step and the checkpoint a restart resumes from, and no C++
+  report. The same command restarts both; the run resumes there and ends exactly as an
+  uninterrupted one, with no unfinished save left behind."""
+  run = str(tmp_path / "run")
+  os.makedirs(run)  # the reference's normalization statistics: not computed again (25 s here)
+  shutil.copy(os.path.join(pair_reference, "stats.json"), run)
+  procs = _start_pair(run)
+  _wait_for_checkpoint(run, 3, procs)
+  procs[victim].kill()
+  killed_at = time.monotonic()
+  survivor = procs[1 - victim]
+  _, err = survivor.communicate(timeout=HEARTBEAT + 120)
+  seconds = time.monotonic() - killed_at
+  procs[victim].communicate(timeout=60)
+  assert survivor.returncode == 75, err[-3000:]
+  assert seconds < HEARTBEAT + MARGIN, seconds
+  assert not _RUNTIME_REPORT.search(err), err[-3000:]
+  lost = ("process 1 of 2 (no heartbeat for 5 s)" if victim == 1 else
+          "process 0 (the coordinator; its connection closed)")
+  line = re.fullmatch(
+      rf"dwm-jax pretrain: lost {re.escape(lost)} at step (\d+); process {1 - victim} stops\. "
+      rf"Restart the job with the same command: it resumes from checkpoint (\d+) in "
+      rf"{re.escape(os.path.join(run, 'checkpoints'))}", err.strip().splitlines()[-1])
+  assert line, err.strip().splitlines()[-1]
+  at_step, resume_from = int(line.group(1)), int(line.group(2))
+  assert 3 <= resume_from <= at_step < 8, (line.group(0), os.listdir(os.path.join(run, "checkpoints")))
+  assert resume_from == _finished_steps(run)[-1]
+
+  procs = _start_pair(run)
+  for p in procs:
+    _, err = p.communicate(timeout=500)
+    assert p.returncode == 0, err[-3000:]
+  summary = json.loads(paths.read_text(os.path.join(run, "summary.json")))
+  assert summary["resumed_from"] == resume_from and summary["step"] == 8  # nothing trained over
+  assert not glob.glob(os.path.join(run, "checkpoints", "*orbax-checkpoint-tmp*"))
+  assert_same_tree(saved_state(run)[1], saved_state(pair_reference)[1])

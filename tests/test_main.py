@@ -6,6 +6,7 @@ import os
 import pytest
 
 from dwm_jax import cli
+from dwm_jax.data import rendered
 # The launcher tests' persistent compilation cache (fixtures shared with tests/train).
 from tests.train.conftest import cache_dir, compile_cache  # noqa: F401  pylint: disable=unused-import
 
@@ -21,7 +22,8 @@ def test_quickstart_end_to_end(tmp_path):
                  "--config.total_steps=6", "--config.checkpoint.every_steps=3",
                  "--config.log_every_steps=2", "--config.mask_png_every_steps=3",
                  "--config.data.synthetic.num_clips=64", "--config.batch_size=16",
-                 "--config.probe.synthetic_clips=40", "--config.probe.seeds=1"])
+                 "--config.probe.synthetic_clips=40", "--config.probe.seeds=1",
+                 "--config.probe.rendered_per_class=(2,1,1)"])
   assert rc == 0
   assert sorted(os.listdir(workdir / "checkpoints")) == ["3", "6"]
   rows = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
@@ -37,7 +39,8 @@ def test_quickstart_end_to_end(tmp_path):
   assert summary["step"] == 6 and not summary["preempted"]
   probe = summary["probe"]
   assert json.load(open(workdir / "probe.json")) == probe
-  tasks = {"synthetic_event", "synthetic_pitch", "synthetic_timbre"}
+  # The real-audio tasks where this machine can render them (the quickstart names both).
+  tasks = {"synthetic_event", "synthetic_pitch", "synthetic_timbre", *rendered.available()[0]}
   assert set(probe) == {"pretrained", "random_init", "logmel_stats"}
   for model in probe:
     assert set(probe[model]) == tasks

@@ -3,8 +3,13 @@
 Tasks: ``config.probe.tasks`` (EVAR CSVs or ``tfds:NAME``); when none are given and the run
 pretrained on the synthetic source, the synthetic event / pitch / timbre tasks on
 ``config.probe.synthetic_clips`` clips drawn with a *different* seed than the pretraining clips.
+Then the real-audio tasks of ``config.probe.rendered`` (``dwm_jax.data.rendered``), rendered
+once into ``WORKDIR/rendered`` where their Debian packages are installed; where they are not,
+one log line says which package is missing and the table keeps the other tasks.
 """
 from __future__ import annotations
+
+import logging
 
 import ml_collections
 import numpy as np
@@ -13,9 +18,28 @@ from dwm_jax import paths
 from dwm_jax.evaluate.encoder import load_encoder, random_encoder
 from dwm_jax.evaluate.probe import ProbeConfig, evaluate_tasks
 
+log = logging.getLogger(__name__)
 
-def config_tasks(config: ml_collections.ConfigDict) -> list:
-  """The probe tasks a config names (see the module docstring); log-mels sized for the model."""
+RENDERED_DIR = "rendered"
+
+
+def rendered_tasks(names, folder: str, n_mels: int = 80, per_class=None) -> list:
+  """The rendered tasks ``names`` that this machine can render, rendered into (or reused from)
+  ``folder`` with seed 0 and ``per_class`` clips per class (default: the tasks of
+  ``experiments/finetune``)."""
+  from dwm_jax.data import labeled, rendered
+  from dwm_jax.data.log_mel import LogMelSpec
+  ok, reasons = rendered.available(tuple(names))
+  for why in reasons:
+    log.warning("probe: %s; probing the other tasks without it", why)
+  sizes = tuple(per_class or rendered.PER_CLASS)
+  return [labeled.load_csv_task(rendered.render(name, folder, per_class=sizes),
+                                spec=LogMelSpec(n_mels=n_mels)) for name in ok]
+
+
+def config_tasks(config: ml_collections.ConfigDict, workdir: str | None = None) -> list:
+  """The probe tasks a config names (see the module docstring); log-mels sized for the model.
+  ``workdir`` holds the rendered tasks (none without it)."""
   from dwm_jax.data.labeled import synthetic_tasks
   from dwm_jax.data.log_mel import LogMelSpec
   from dwm_jax.data.labeled import load_tasks
@@ -29,6 +53,11 @@ def config_tasks(config: ml_collections.ConfigDict) -> list:
     tasks = synthetic_tasks(int(config.probe.synthetic_clips), seed=int(s.seed) + 1,
                             seconds=float(s.seconds),
                             spec=LogMelSpec(n_mels=int(config.model.input_shape[0])))
+  names = config.probe.get("rendered", ()) or ()
+  if workdir is not None and names:
+    tasks += rendered_tasks((names,) if isinstance(names, str) else names,
+                            paths.join(workdir, RENDERED_DIR), int(config.model.input_shape[0]),
+                            tuple(config.probe.rendered_per_class))
   return tasks
 
 
@@ -59,7 +88,7 @@ def probe_with_baselines(config: ml_collections.ConfigDict, workdir: str,
   log-mel statistics. Returns ``{"pretrained" | "random_init" | "logmel_stats": results}``,
   ``results = {task: {"metric", "mean", "std", "seeds"}}`` (see ``evaluate_tasks``).
   """
-  tasks = config_tasks(config) if tasks is None else tasks
+  tasks = config_tasks(config, workdir) if tasks is None else tasks
   encoder = load_encoder(workdir)
   baseline = random_encoder(encoder.model_cfg, seed=int(config.seed),
                             norm_mean=encoder.norm_mean, norm_std=encoder.norm_std)

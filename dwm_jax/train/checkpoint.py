@@ -222,6 +222,15 @@ def _finished(workdir: str, step: int) -> bool:
   return path.exists() and ocp.path.step.is_path_finalized(path)
 
 
+def finished_steps(workdir: str) -> list[int]:
+  """Steps of the committed checkpoints of ``workdir`` (what a restart resumes from, unless
+  damaged), oldest first; temporary folders of unfinished saves are not among them."""
+  path = checkpoint_dir(workdir)
+  if not paths.isdir(path):
+    return []
+  return sorted(int(n) for n in paths.listdir(path) if n.isdigit() and _finished(workdir, int(n)))
+
+
 def damaged_dir(workdir: str) -> str:
   return paths.join(paths.absolute(workdir), DAMAGED_DIR)
 

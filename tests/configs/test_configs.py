@@ -83,6 +83,18 @@ def test_quickstart_is_valid_and_small():
   assert c.data.source == "synthetic" and c.model.name == "tiny" and c.probe.after_pretrain
   # Its measured recipe: no clipping, kernels-only decay, the fixed -7.1 / 4.2 normalization.
   assert (c.optim.clip_norm, c.optim.decay_groups, c.data.stats_crops) == (0.0, "kernels", 0)
+  assert tuple(c.probe.rendered) == ("words", "instruments")
+
+
+def test_rendered_probe_tasks_are_checked():
+  c = load("configs/quickstart.py")
+  c.probe.rendered = ("words", "birdsong")
+  c.probe.rendered_per_class = (40, 0, 20)
+  with pytest.raises(ConfigError) as e:
+    validate(c, device_count=1, process_count=1)
+  assert "probe.rendered[1]: unknown rendered task 'birdsong'; valid: words, instruments" in str(
+      e.value)
+  assert "probe.rendered_per_class: must be 3 positive clip counts" in str(e.value)
 
 
 def test_command_line_overrides_any_field():

@@ -18,6 +18,7 @@ def test_every_bad_field_is_named():
   c.augment.time_mask = 300
   c.head.norm = "layernorm"
   c.early_stop.patience = -1
+  c.window_frames = 100
   with c.unlocked():
     c.optim.lr = 0.1
   with pytest.raises(ConfigError) as e:
@@ -28,5 +29,6 @@ def test_every_bad_field_is_named():
                  "augment.patch_dropout: 0.95 drops all 13 time columns",
                  "augment.time_mask: 300 is longer than the encoder's 208-frame window",
                  "head.norm: unknown head norm 'layernorm'", "early_stop.patience: must be in",
+                 "window_frames: 100 must be a multiple of the patch width 16",
                  "optim.lr: unknown field"):
     assert needle in text, needle

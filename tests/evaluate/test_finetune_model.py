@@ -7,6 +7,8 @@ import pytest
 from dwm_jax import patching
 from dwm_jax.evaluate.embed import embed_logmels
 from dwm_jax.evaluate.finetuning import model
+from dwm_jax.evaluate.finetuning import step as ft_step
+from dwm_jax.evaluate.finetuning.config import base_config
 
 torch = pytest.importorskip("torch")
 
@@ -29,6 +31,32 @@ def test_clip_embedding_is_the_probes(tiny_encoder):
       model.clip_embedding(enc.module, enc.params, _patches(enc, jnp.asarray(x)), enc.grid,
                            jnp.asarray(enc.position_table), every, train=False), want,
       rtol=1e-5, atol=1e-5)
+
+
+def test_a_short_clips_window_is_its_own_columns_as_the_probe_embeds_it(tiny_encoder):
+  # A 2-column clip (32 frames) fine-tunes in a 32-frame window with the table cut to those
+  # columns: the clip embedding is embed's (which encodes a short clip's real columns only),
+  # not that of a 64-frame window half padding.
+  enc = tiny_encoder
+  assert ft_step.task_window(base_config(), enc, [20, 32, 9]) == 32
+  assert ft_step.task_window(base_config(), enc, [20, 101]) == 64  # at most the encoder's input
+  c = base_config()
+  c.window_frames = 48
+  assert ft_step.task_window(c, enc, [20]) == 48
+  setup = ft_step.build(base_config(), enc, num_train=10, num_classes=3, multilabel=False,
+                        window=32)
+  assert setup.input_shape == (80, 32) and tuple(setup.grid) == (5, 2)
+  x = np.random.default_rng(2).normal(-6.0, 3.0, (3, 80, 32)).astype(np.float32)
+  want = np.stack([c for _, c in embed_logmels(enc, list(x))])
+  got = model.clip_embedding(setup.module, enc.params, _patches(enc, jnp.asarray(x)), setup.grid,
+                             jnp.asarray(setup.pos_embed), None, train=False)
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+  padded = np.pad(x, ((0, 0), (0, 0), (0, 32)), constant_values=enc.norm_mean)
+  full = model.clip_embedding(enc.module, enc.params, _patches(enc, jnp.asarray(padded)),
+                              enc.grid, jnp.asarray(enc.position_table), None, train=False)
+  assert not np.allclose(full, want, atol=1e-2)
+  with pytest.raises(ValueError, match="multiple of the patch width 16"):
+    ft_step.build(base_config(), enc, num_train=10, num_classes=3, multilabel=False, window=40)
 
 
 def test_dropped_columns_do_not_reach_the_embedding(tiny_encoder):

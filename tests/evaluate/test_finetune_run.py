@@ -33,6 +33,7 @@ def tiny_config(**fields):
   c.augment.mixup = 0.3  # every random draw of the step, for the resume tests
   c.augment.freq_mask = 8
   c.augment.time_mask = 16
+  c.augment.patch_dropout = 0.5  # off by default; on here for its draws
   c.checkpoint.keep = 20
   for k, v in fields.items():
     node = c

@@ -18,16 +18,20 @@ HEAD_INITS = ("probe", "random")
 
 
 def base_config() -> ml_collections.ConfigDict:
-  """The CPU recipe: AdamW + layer-wise lr decay (head at 10x), warmup + cosine, structured patch
-  dropout, random crops, early stopping on valid; mixup and SpecAugment exist but are off (at
-  this budget they cost accuracy: the README's Fine-tuning section). About 3 minutes per task
-  and seed for the quickstart's tiny encoder on a 2-core CPU."""
+  """The CPU recipe: AdamW + layer-wise lr decay (head at 10x), warmup + cosine, windows fitted to
+  the task's clips, random crops, early stopping on valid; mixup, SpecAugment and patch dropout
+  exist but are off (at this budget they cost accuracy: ``docs/finetuning.md``). About 1 to 3
+  minutes per task and seed for the quickstart's tiny encoder on a 2-core CPU."""
   c = ml_collections.ConfigDict()
   c.seed = 0             # seeds are seed, seed + 1, ...: head init, data order, crops, augmentation
   c.seeds = 3            # runs per task; the test metric is their mean +- std
   c.batch_size = 32      # global batch (all devices); must divide by the device count
   c.eval_batch_size = 64  # windows per evaluation batch (valid / test), same rule
   c.epochs = 8.0         # maximum run length; early stopping may end it sooner
+  c.window_frames = 0    # frames of the training crops and evaluation windows. 0: the task's
+  #                        longest train clip rounded up to whole patch columns, at most the
+  #                        encoder's input (a 1 s clip is 7 columns, with the positional table
+  #                        cut to them, as M2D's runtime encodes it), never a window of padding
   c.log_every_steps = 20
 
   # Overrides of the encoder's own model config for fine-tuning.
@@ -66,8 +70,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.augment.time_mask = 0     # and of width ~ U[0, time_mask) frames, set to 0 (the mean)
   c.augment.num_freq_masks = 1
   c.augment.num_time_masks = 1
-  c.augment.patch_dropout = 0.5  # fraction of time columns dropped per clip (M2D's structured
-  #                                training_mask); the clip embedding is over the kept columns
+  c.augment.patch_dropout = 0.0  # fraction of time columns dropped per clip (M2D's structured
+  #                                training_mask); the clip embedding is over the kept columns.
+  #                                Off: at 8 epochs half of a 1 s word's 7 columns dropped cost
+  #                                13 points (it often drops the word itself)
   c.augment.random_crop = True  # train on a random window of longer clips (else their start)
 
   c.early_stop = ml_collections.ConfigDict()
@@ -111,6 +117,7 @@ def validate(config: ml_collections.ConfigDict, *, device_count: int, input_shap
     if b is not None and b % device_count:
       c.fail(field, f"{b} is not divisible by the {device_count} devices")
   c.number("epochs", lo=0.0, lo_open=True)
+  win = c.number("window_frames", lo=0, integer=True)
   c.number("log_every_steps", lo=1, integer=True)
   c.check("model.dtype", lambda v: v in DTYPES, f"unknown dtype {{v!r}}; valid: {', '.join(DTYPES)}")
   c.number("model.drop_path", lo=0.0, hi=1.0, hi_open=True)
@@ -146,6 +153,9 @@ def validate(config: ml_collections.ConfigDict, *, device_count: int, input_shap
   c.check("augment.random_crop", lambda v: isinstance(v, bool), "must be True or False, got {v!r}")
   if input_shape is not None:
     f, w = input_shape
+    if win and patch_size is not None and (win > w or win % patch_size[1]):
+      c.fail("window_frames", f"{win} must be a multiple of the patch width {patch_size[1]} "
+             f"and at most the encoder's {w} frames (0 = fit to the task's clips)")
     if fm is not None and fm > f:
       c.fail("augment.freq_mask", f"{fm} is wider than the encoder's {f} mel bins")
     if tm is not None and tm > w:

@@ -99,12 +99,14 @@ def finetune(encoder: Encoder | str, tasks: Sequence[str | labeled.Task], out: s
   results, per_seed = {}, {}
   for task in loaded:
     split0 = data.split_task(task, seed_list[0])
+    window = step.task_window(config, encoder, [c.shape[1] for c in task.split("train")[0]])
     setup = step.build(config, encoder, num_train=len(split0.train[0]),
-                       num_classes=task.num_classes, multilabel=task.multilabel)
-    log.info("task %s: %d train / %d valid%s / %d test clips, %d classes; %d steps per epoch, "
-             "%d steps", task.name, len(split0.train[0]), len(split0.valid[0]),
-             " (held out of train)" if split0.held_out else "", len(split0.test[0]),
-             task.num_classes, setup.steps_per_epoch, setup.total_steps)
+                       num_classes=task.num_classes, multilabel=task.multilabel, window=window)
+    log.info("task %s: %d train / %d valid%s / %d test clips, %d classes; %d-frame windows "
+             "(%d patch columns); %d steps per epoch, %d steps", task.name, len(split0.train[0]),
+             len(split0.valid[0]), " (held out of train)" if split0.held_out else "",
+             len(split0.test[0]), task.num_classes, window, setup.grid.time,
+             setup.steps_per_epoch, setup.total_steps)
     compiled, plan = step.compile_step(setup, mesh, encoder.params)  # once per task
     log.info("%s", plan.summary())
     memory.check(plan)

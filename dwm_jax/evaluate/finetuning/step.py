@@ -85,20 +85,49 @@ class FinetuneSetup:
     return self.lr_schedule(jnp.asarray(step) // int(self.config.optim.accum_steps))
 
 
-def finetune_model_cfg(encoder: Encoder, config: ml_collections.ConfigDict) -> dict:
-  """The encoder's model config with ``config.model``'s overrides (dtype, drop path, ...)."""
+def finetune_model_cfg(encoder: Encoder, config: ml_collections.ConfigDict,
+                       window: int | None = None) -> dict:
+  """The encoder's model config with ``config.model``'s overrides (dtype, drop path, ...) and
+  an input of ``window`` frames (default: the encoder's)."""
   cfg = encoder.model_cfg.to_dict()
   cfg.update({k: config.model[k] for k in config.model.keys()})
+  if window is not None:
+    cfg["input_shape"] = (encoder.input_shape[0], int(window))
   return cfg
 
 
+def task_window(config: ml_collections.ConfigDict, encoder: Encoder, lengths: Any) -> int:
+  """Frames of the training crops and evaluation windows for a task whose train clips have
+  ``lengths`` frames: ``config.window_frames``, or (0) the longest clip rounded up to whole
+  patch columns, at most the encoder's input."""
+  if int(config.window_frames):
+    return int(config.window_frames)
+  pw, w = encoder.patch_size[1], encoder.input_shape[1]
+  return min(w, -(-int(np.max(lengths)) // pw) * pw)
+
+
+def window_position_table(encoder: Encoder, columns: int) -> np.ndarray:
+  """``[Fp * columns, D]``: the encoder's table cut to its first ``columns`` time columns,
+  frequency-major (M2D's runtime cuts it so for a short input; ``embed`` selects the same
+  rows)."""
+  g = encoder.grid
+  table = np.asarray(encoder.position_table, np.float32).reshape(g.freq, g.time, -1)
+  return table[:, :columns].reshape(g.freq * columns, -1)
+
+
 def build(config: ml_collections.ConfigDict, encoder: Encoder, *, num_train: int,
-          num_classes: int, multilabel: bool) -> FinetuneSetup:
-  """The setup of fine-tuning ``encoder`` on a task with ``num_train`` train clips."""
-  model_cfg = Encoder(finetune_model_cfg(encoder, config), encoder.params, encoder.norm_mean,
-                      encoder.norm_std).model_cfg
+          num_classes: int, multilabel: bool, window: int | None = None) -> FinetuneSetup:
+  """The setup of fine-tuning ``encoder`` on a task with ``num_train`` train clips, on inputs
+  of ``window`` frames (a whole number of patch columns; default: the encoder's input)."""
+  window = encoder.input_shape[1] if window is None else int(window)
+  pw = encoder.patch_size[1]
+  if window % pw or not 0 < window <= encoder.input_shape[1]:
+    raise ValueError(f"window of {window} frames: must be a positive multiple of the patch "
+                     f"width {pw}, at most the encoder's {encoder.input_shape[1]} frames")
+  model_cfg = Encoder(finetune_model_cfg(encoder, config, window), encoder.params,
+                      encoder.norm_mean, encoder.norm_std).model_cfg
   module = encoder_from_config(model_cfg)
-  grid = encoder.grid
+  grid = patching.grid_for(tuple(model_cfg.input_shape), tuple(model_cfg.patch_size))
   spe = -(-num_train // int(config.batch_size))
   total = int(math.ceil(float(config.epochs) * spe))
   schedule = make_schedule(config, total_steps=total, steps_per_epoch=spe)
@@ -108,10 +137,11 @@ def build(config: ml_collections.ConfigDict, encoder: Encoder, *, num_train: int
   tx = optim.make_optimizer(config, schedule, params_shape, int(module.depth))
   return FinetuneSetup(
       config=config, model_cfg=model_cfg, module=module, grid=grid,
-      patch_size=encoder.patch_size, pos_embed=np.asarray(encoder.position_table, np.float32),
+      patch_size=encoder.patch_size, pos_embed=window_position_table(encoder, grid.time),
       norm_mean=float(encoder.norm_mean), norm_std=float(encoder.norm_std),
       num_classes=int(num_classes), multilabel=bool(multilabel), steps_per_epoch=spe,
-      total_steps=total, keep_columns=kept_columns(grid.time, config.augment.patch_dropout),
+      total_steps=total,
+      keep_columns=max(1, kept_columns(grid.time, config.augment.patch_dropout)),
       tx=tx, lr_schedule=schedule)
 
 
