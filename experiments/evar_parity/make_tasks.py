@@ -2,12 +2,13 @@
 
   python experiments/evar_parity/make_tasks.py OUT_DIR [--clips 600]
 
-- ``words.csv`` / ``words_folds.csv``: ten spoken command words (Speech Commands' yes, no, up,
-  down, left, right, on, off, stop, go) rendered with ``espeak-ng`` (Debian package
-  ``espeak-ng``) in 8 English voices x 6 voice variants, at 3 speeds: 1440 clips of 16 kHz
-  speech, about 0.3-0.9 s. ``words.csv`` splits by voice variant (train: 4 variants, valid: 1,
-  test: 1), so test speakers are unseen; ``words_folds.csv`` has EVAR's ``fold`` column instead
-  (5 folds of the 8 voices: the ESC-50 / UrbanSound8K layout).
+- ``words.csv``, ``instruments.csv``: the project's real-audio tasks (``dwm_jax.data.rendered``,
+  seed 0: spoken command words by ``espeak-ng``, 1.0 s; General MIDI notes by ``fluidsynth``,
+  2.0 s; test speakers / pitches unheard in train).
+- ``words_folds.csv``: the same words in EVAR's fold layout (``file_name,label,fold``; 5 folds
+  of the speakers, every speaker's ten words in one fold), as ESC-50 and UrbanSound8K.
+- ``words_crop.csv``: the same words again, under another name, for a run with a unit shorter
+  than the clips (``--unit-sec words_crop=0.8``): train and valid crops then change per seed.
 - ``event_timbre.csv``: a multi-label task on ``--clips`` synthetic clips (``dwm-jax synth``,
   2.08 s): each clip's event and timbre names, joined by ``,``.
 - ``synthetic_folds.csv``: the synthetic event labels in 5 folds.
@@ -18,19 +19,16 @@ import argparse
 import csv
 import os
 import shutil
-import subprocess
 import sys
-import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 if ROOT not in sys.path:
   sys.path.insert(0, ROOT)
 
-WORDS = ("yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go")
-VOICES = ("en", "en-us", "en-gb-scotland", "en-gb-x-rp", "en-029", "en-gb-x-gbcwmd",
-          "en-gb-x-gbclan", "en-us-nyc")
-VARIANTS = ("m1", "m3", "m5", "f1", "f2", "f4")
-SPEEDS = (130, 165, 200)  # words per minute
+
+def _read(path: str) -> list[dict]:
+  with open(path, newline="") as f:
+    return list(csv.DictReader(f))
 
 
 def _write(path: str, header: list[str], rows: list) -> None:
@@ -40,36 +38,21 @@ def _write(path: str, header: list[str], rows: list) -> None:
     w.writerows(rows)
 
 
-def render_words(out: str) -> None:
-  """``out/words/*.wav`` (16 kHz mono) and the two CSVs (see the module docstring)."""
-  import soundfile as sf
-  from dwm_jax.data.audio_io import load_audio
-  if shutil.which("espeak-ng") is None:
-    raise SystemExit("espeak-ng is not installed (apt-get install espeak-ng)")
-  os.makedirs(os.path.join(out, "words"), exist_ok=True)
-  split_of = {v: "train" for v in VARIANTS[:4]} | {VARIANTS[4]: "valid", VARIANTS[5]: "test"}
-  rows, fold_rows = [], []
-  with tempfile.TemporaryDirectory() as tmp:
-    for vi, voice in enumerate(VOICES):
-      for variant in VARIANTS:
-        for speed in SPEEDS:
-          for word in WORDS:
-            name = f"words/{voice}_{variant}_{speed}_{word}.wav"
-            raw = os.path.join(tmp, "x.wav")
-            subprocess.run(["espeak-ng", "-v", f"{voice}+{variant}", "-s", str(speed), "-w",
-                            raw, word], check=True, capture_output=True)
-            sf.write(os.path.join(out, name), load_audio(raw, 16000), 16000, subtype="PCM_16")
-            rows.append((name, word, split_of[variant]))
-            fold_rows.append((name, word, vi % 5 + 1))
-  _write(os.path.join(out, "words.csv"), ["file_name", "label", "split"], rows)
-  _write(os.path.join(out, "words_folds.csv"), ["file_name", "label", "fold"], fold_rows)
+def real_audio_csvs(out: str) -> None:
+  from dwm_jax.data import rendered
+  words = rendered.render("words", out)
+  rendered.render("instruments", out)
+  rows = _read(words)  # speaker after speaker, each saying the ten words in turn
+  n_words = len(rendered.WORDS)
+  _write(os.path.join(out, "words_folds.csv"), ["file_name", "label", "fold"],
+         [(r["file_name"], r["label"], (i // n_words) % 5 + 1) for i, r in enumerate(rows)])
+  shutil.copyfile(words, os.path.join(out, "words_crop.csv"))
 
 
 def synthetic_csvs(out: str, clips: int) -> None:
   from dwm_jax.data import synthetic
   synthetic.write_dataset(os.path.join(out, "synth"), clips, seed=7, seconds=2.08)
-  read = lambda n: list(csv.DictReader(open(os.path.join(out, "synth", f"{n}.csv"))))
-  event, timbre = read("event"), read("timbre")
+  event, timbre = (_read(os.path.join(out, "synth", f"{n}.csv")) for n in ("event", "timbre"))
   _write(os.path.join(out, "event_timbre.csv"), ["file_name", "label", "split"],
          [(f"synth/{e['file_name']}", f"{e['label']},{t['label']}", e["split"])
           for e, t in zip(event, timbre)])
@@ -82,9 +65,10 @@ def main(argv: list[str] | None = None) -> int:
   p.add_argument("out")
   p.add_argument("--clips", type=int, default=600, help="synthetic clips")
   args = p.parse_args(argv)
-  render_words(args.out)
+  real_audio_csvs(args.out)
   synthetic_csvs(args.out, args.clips)
-  print(f"wrote {args.out}/words.csv, words_folds.csv, event_timbre.csv, synthetic_folds.csv")
+  print(f"wrote {args.out}: words, instruments, words_folds, words_crop, event_timbre, "
+        f"synthetic_folds (.csv)")
   return 0
 
 
