@@ -116,6 +116,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.probe.rendered = ()            # real-audio tasks rendered by Debian packages and probed too,
   #                                  where installed (dwm_jax.data.rendered: words, instruments)
   c.probe.rendered_per_class = (40, 10, 20)  # their clips per class in train / valid / test
+  c.probe.evar_lr = 3e-5           # `probe --protocol evar`'s lr: EVAR's lr_lineareval (m2d.yaml)
   return c
 
 

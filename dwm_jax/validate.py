@@ -228,6 +228,7 @@ def _check_schedule(c: _Checker, device_count: int, process_count: int) -> None:
 
 def _check_probe(c: _Checker) -> None:
   c.number("probe.seeds", lo=1, integer=True)
+  c.number("probe.evar_lr", lo=0.0, lo_open=True)
   tasks = c.get("probe.tasks") or ()
   if isinstance(tasks, str):
     tasks = (tasks,)

@@ -69,6 +69,7 @@ CASES = [
      "valid: timm, kernels"),
     (_set(data__stats_crops=-5), "data.stats_crops: must be in [0, inf], got -5"),
     (_set(probe__tasks=("missing.csv",)), "probe.tasks[0]: task CSV 'missing.csv' does not exist"),
+    (_set(probe__evar_lr=0.0), "probe.evar_lr: must be in (0.0, inf]"),
     (_set(data__source="tfds", data__tfds_name="speech_commands", probe__after_pretrain=True),
      "probe.tasks: probe.after_pretrain needs task CSVs (or tfds:NAME) when data.source is not "
      "synthetic"),

@@ -1,14 +1,21 @@
 """Labeled (evaluation) tasks: raw log-mels of any length per split, with labels.
 
 Sources:
-- EVAR CSV (``file_name,label,split``; file names relative to the CSV's folder; split in
-  train/valid/test; multi-label rows join their labels with ``sep``, ``,`` by default). Files
-  may be audio (decoded to 16 kHz log-mel) or prepared ``.npy`` log-mels; the CSV and its files
-  may be in a bucket (``gs://...``).
+- EVAR CSV (``file_name,label,split``; file names relative to the CSV's folder, or to
+  ``audio_root``; split in train/valid/test; multi-label rows join their labels with ``sep``,
+  ``,`` by default). Files may be audio (decoded to 16 kHz log-mel) or prepared ``.npy``
+  log-mels; the CSV and its files may be in a bucket (``gs://...``). A CSV with a ``fold`` column
+  instead of ``split`` (EVAR's ESC-50, UrbanSound8K) is a leave-one-fold-out task:
+  :meth:`Task.fold` gives fold ``k``'s splits (train: the other folds, test: fold ``k``).
+- An EVAR task name (``esc50``, see :mod:`dwm_jax.data.evar_tasks`) with EVAR's root folder.
 - ``tfds:NAME`` (with ``data_dir``): a TFDS audio dataset with a label feature, read through
   ``tfds.data_source``; ``train``/``validation``/``test`` splits (a missing validation split is
   carved, seeded, from train).
 - :func:`synthetic_tasks`: the built-in synthetic set's event / pitch / timbre tasks.
+
+``unit_sec`` (CSV tasks) gives EVAR's fixed-length clips: every clip is cropped or zero-padded to
+the unit as a waveform before its log-mel is taken; test clips are cropped at their start, train
+and valid clips at a random start drawn again for every seed (:meth:`Task.for_seed`).
 
 Missing or undecodable files are skipped, logged with their reason, and counted
 (``Task.skipped``). Unknown splits, missing columns, labels absent from train: ValueError.
@@ -21,12 +28,14 @@ import dataclasses
 import io
 import logging
 import os
+from typing import Callable
 
 import numpy as np
 
 from dwm_jax import paths
-from dwm_jax.data import audio_io
-from dwm_jax.data.log_mel import LogMelSpec, log_mel
+from dwm_jax.data import audio_io, evar_tasks
+from dwm_jax.data.evar_tasks import UnitCrop, unit_clip
+from dwm_jax.data.log_mel import LogMelSpec, log_mel, num_frames
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +48,9 @@ class Task:
 
   ``x[split]``: list of raw log-mels ``[F, T_i]`` float32; ``y[split]``: int64 ``[n]`` class
   indices, or float32 multi-hot ``[n, C]`` when ``multilabel``. Splits: train, valid, test.
+  A fold task (``folds`` set) holds every clip in ``x["train"]`` and again, cropped for testing,
+  in ``x["test"]`` (the same arrays when no crop differs), ``folds[i]`` the fold of clip ``i``;
+  :meth:`fold` gives a split task.
   """
   name: str
   multilabel: bool
@@ -46,22 +58,57 @@ class Task:
   x: dict[str, list[np.ndarray]]
   y: dict[str, np.ndarray]
   skipped: dict[str, int] = dataclasses.field(default_factory=dict)  # reason -> count
+  folds: np.ndarray | None = None   # [n] fold of each clip (fold tasks only)
+  crop: UnitCrop | None = None      # clips still to crop per seed (see for_seed)
 
   @property
   def num_classes(self) -> int:
     return len(self.classes)
 
+  @property
+  def fold_ids(self) -> list:
+    """The folds, sorted (empty for a split task)."""
+    return [] if self.folds is None else sorted(set(self.folds.tolist()))
+
   def split(self, name: str) -> tuple[list[np.ndarray], np.ndarray]:
     if name not in SPLITS:
       raise ValueError(f"unknown split {name!r}; expected one of {SPLITS}")
+    if self.folds is not None:
+      raise ValueError(f"task {self.name} has folds {self.fold_ids}: take task.fold(k)'s splits")
     return self.x[name], self.y[name]
 
   train = property(lambda self: self.split("train"))
   valid = property(lambda self: self.split("valid"))
   test = property(lambda self: self.split("test"))
 
+  def fold(self, k) -> "Task":
+    """Leave-one-fold-out split ``k`` (EVAR): train = the other folds, no valid, test = fold k."""
+    if k not in self.fold_ids:
+      raise ValueError(f"task {self.name} has no fold {k!r} (folds: {self.fold_ids})")
+    held = self.folds == k
+    x = {"train": [c for c, h in zip(self.x["train"], held) if not h], "valid": [],
+         "test": [c for c, h in zip(self.x["test"], held) if h]}
+    y = {"train": self.y["train"][~held], "valid": self.y["train"][:0],
+         "test": self.y["test"][held]}
+    return Task(self.name, self.multilabel, self.classes, x, y, self.skipped)
+
+  def for_seed(self, seed: int) -> "Task":
+    """The task with seed ``seed``'s random crops of the clips longer than the unit (EVAR draws
+    them again in every run); the task itself when no clip needs one."""
+    if self.crop is None or not any(self.crop.long.values()):
+      return self
+    x = {s: list(v) for s, v in self.x.items()}
+    for s, items in self.crop.long.items():
+      for pos, key, full in items:
+        x[s][pos] = unit_clip(full, self.crop.samples, self.crop.spec,
+                              np.random.default_rng([int(seed), key]))
+    return dataclasses.replace(self, x=x, crop=None)
+
   def __repr__(self) -> str:
-    sizes = ", ".join(f"{s}={len(self.x[s])}" for s in SPLITS)
+    if self.folds is not None:
+      sizes = f"{len(self.x['train'])} clips in folds {self.fold_ids}"
+    else:
+      sizes = ", ".join(f"{s}={len(self.x[s])}" for s in SPLITS)
     return (f"Task({self.name!r}, {self.num_classes} classes, "
             f"{'multi' if self.multilabel else 'single'}-label, {sizes})")
 
@@ -104,6 +151,26 @@ def _check_and_build(name: str, x: dict, raw_labels: dict, multilabel: bool,
   return Task(name, multilabel, classes, x, _encode(raw_labels, classes, multilabel), skipped)
 
 
+def _build_folds(name: str, clips: list, test_clips: list, raw: list, folds: list,
+                 multilabel: bool, skipped: dict[str, int], crop: UnitCrop | None) -> Task:
+  """A leave-one-fold-out task; every fold's test labels must occur in the other folds."""
+  if not clips:
+    raise ValueError(f"task {name}: no clip could be loaded")
+  ids = sorted(set(folds))
+  if len(ids) < 2:
+    raise ValueError(f"task {name}: a fold column needs at least 2 folds, found {ids}")
+  for k in ids:
+    rest = {p for parts, f in zip(raw, folds) if f != k for p in parts}
+    unseen = {p for parts, f in zip(raw, folds) if f == k for p in parts} - rest
+    if unseen:
+      raise ValueError(f"task {name}: labels in fold {k} absent from the other folds: "
+                       f"{sorted(unseen)[:10]}")
+  classes = _sort_classes({p for parts in raw for p in parts})
+  y = _encode({"all": raw}, classes, multilabel)["all"]
+  return Task(name, multilabel, classes, {"train": clips, "valid": [], "test": test_clips},
+              {"train": y, "valid": y[:0], "test": y}, skipped, np.asarray(folds), crop)
+
+
 def _load_logmel(path: str, spec: LogMelSpec) -> np.ndarray:
   if os.path.splitext(path)[1] == ".npy":
     try:
@@ -124,29 +191,58 @@ def _load_logmel(path: str, spec: LogMelSpec) -> np.ndarray:
   return log_mel(audio_io.load_audio(path, spec.sample_rate), spec)
 
 
+def _load_clip(path: str, spec: LogMelSpec, unit: int | None):
+  """``(log-mel, full clip or None)``: without a unit the file's log-mel; with one, its unit crop
+  at 0 and, for a clip longer than the unit, the full wave (or ``.npy`` log-mel) to crop at random
+  later."""
+  if unit is None:
+    return _load_logmel(path, spec), None
+  if os.path.splitext(path)[1] == ".npy":
+    full = _load_logmel(path, spec)
+    longer = full.shape[1] > num_frames(unit, spec)
+  else:
+    full = audio_io.load_audio(path, spec.sample_rate)
+    longer = full.shape[0] > unit
+  return unit_clip(full, unit, spec), (full if longer else None)
+
+
+def _layout(csv_path: str, fieldnames) -> str:
+  """``"split"`` or ``"fold"`` (EVAR reads ``fold`` only when there is no ``split`` column)."""
+  have = set(fieldnames or ())
+  layout = "split" if "split" in have else "fold" if "fold" in have else None
+  missing = sorted({"file_name", "label"} - have) + ([] if layout else ["split"])
+  if missing:
+    raise ValueError(f"{csv_path}: missing column(s) {missing}; EVAR CSVs have file_name,label "
+                     f"and split (or fold) (found {fieldnames})")
+  return layout
+
+
 def load_csv_task(csv_path: str | os.PathLike, *, sep: str = ",",
                   multilabel: bool | None = None, spec: LogMelSpec = LogMelSpec(),
-                  num_threads: int = 4, name: str | None = None) -> Task:
-  """An EVAR-convention CSV task (see the module docstring)."""
+                  num_threads: int = 4, name: str | None = None, audio_root: str | None = None,
+                  unit_sec: float | None = None) -> Task:
+  """An EVAR CSV task (see the module docstring); ``audio_root``: the folder ``file_name`` is
+  relative to (default: the CSV's); ``unit_sec``: EVAR's fixed clip length."""
   csv_path = os.fspath(csv_path)
   if not paths.isfile(csv_path):
     raise FileNotFoundError(f"task CSV not found: {csv_path}")
+  if unit_sec is not None and not unit_sec > 0:
+    raise ValueError(f"unit_sec must be positive, got {unit_sec}")
   reader = csv.DictReader(io.StringIO(paths.read_text(csv_path), newline=""))
-  missing = {"file_name", "label", "split"} - set(reader.fieldnames or ())
-  if missing:
-    raise ValueError(f"{csv_path}: missing column(s) {sorted(missing)}; EVAR CSVs have "
-                     f"file_name,label,split (found {reader.fieldnames})")
+  layout = _layout(csv_path, reader.fieldnames)
   rows = list(reader)
-  bad_splits = sorted({r["split"] for r in rows} - set(SPLITS))
-  if bad_splits:
-    raise ValueError(f"{csv_path}: unknown split(s) {bad_splits}; expected {SPLITS}")
+  if layout == "split":
+    bad_splits = sorted({r["split"] for r in rows} - set(SPLITS))
+    if bad_splits:
+      raise ValueError(f"{csv_path}: unknown split(s) {bad_splits}; expected {SPLITS}")
   if multilabel is None:
     multilabel = any(sep in r["label"] for r in rows)
-  root, csv_name = paths.parent(csv_path), paths.name(csv_path)
+  root, csv_name = audio_root or paths.parent(csv_path), paths.name(csv_path)
+  unit = None if unit_sec is None else int(spec.sample_rate * unit_sec)  # EVAR's unit_samples
 
   def load(row):
     try:
-      return _load_logmel(paths.join(root, row["file_name"]), spec), None
+      return _load_clip(paths.join(root, row["file_name"]), spec, unit), None
     except audio_io.AudioError as e:
       return None, e
 
@@ -154,19 +250,43 @@ def load_csv_task(csv_path: str | os.PathLike, *, sep: str = ",",
     results = list(pool.map(load, rows))
   x = {s: [] for s in SPLITS}
   raw = {s: [] for s in SPLITS}
+  folds: list = []
+  long: dict[str, list] = {"train": [], "valid": []}
   skipped: dict[str, int] = {}
-  for row, (lm, err) in zip(rows, results):
+  for i, (row, (clip, err)) in enumerate(zip(rows, results)):
     if err is not None:
       skipped[err.reason] = skipped.get(err.reason, 0) + 1
       log.warning("task %s: skipping %s", csv_name, err)
       continue
     parts = [p.strip() for p in row["label"].split(sep)] if multilabel else [row["label"]]
-    x[row["split"]].append(lm)
-    raw[row["split"]].append([p for p in parts if p])
+    parts = [p for p in parts if p]
+    lm, full = clip
+    if layout == "fold":  # every clip trains in the other folds and is tested in its own
+      split = "train"
+      x["test"].append(lm)
+      folds.append(_fold_value(row["fold"]))
+    else:
+      split = row["split"]
+    if full is not None and split != "test":  # its train crop: drawn per seed (for_seed)
+      long[split].append((len(x[split]), i, full))
+    x[split].append(lm)
+    raw[split].append(parts)
   if skipped:
     log.warning("task %s: skipped %d of %d files: %s", csv_name, sum(skipped.values()),
                 len(rows), skipped)
-  return _check_and_build(name or os.path.splitext(csv_name)[0], x, raw, multilabel, skipped)
+  crop = None if unit is None else UnitCrop(unit, spec, long)
+  name = name or os.path.splitext(csv_name)[0]
+  if layout == "fold":
+    return _build_folds(name, x["train"], x["test"], raw["train"], folds, multilabel, skipped,
+                        crop)
+  return dataclasses.replace(_check_and_build(name, x, raw, multilabel, skipped), crop=crop)
+
+
+def _fold_value(text: str):
+  try:
+    return int(text)
+  except ValueError:
+    return text.strip()
 
 
 def load_tfds_task(name: str, *, data_dir: str | None = None, label_key: str = "label",
@@ -222,11 +342,21 @@ def load_tfds_task(name: str, *, data_dir: str | None = None, label_key: str = "
   return task
 
 
-def load_task(spec: str, *, data_dir: str | None = None, **kwargs) -> Task:
-  """``spec``: an EVAR CSV path, or ``tfds:NAME`` (with ``data_dir``)."""
+def load_task(spec: str, *, data_dir: str | None = None, data_root: str | None = None,
+              unit_sec: float | None = None, **kwargs) -> Task:
+  """``spec``: an EVAR CSV path, an EVAR task name (its CSV and audio under EVAR's root folder
+  ``data_root``; see :mod:`dwm_jax.data.evar_tasks`), or ``tfds:NAME`` (with ``data_dir``)."""
   if spec.startswith("tfds:"):
+    if unit_sec is not None:
+      raise ValueError(f"{spec}: unit_sec crops are implemented for CSV tasks only")
     return load_tfds_task(spec[len("tfds:"):], data_dir=data_dir, **kwargs)
-  return load_csv_task(spec, **kwargs)
+  if evar_tasks.is_task_name(spec) and not paths.isfile(spec):
+    if not data_root:
+      raise ValueError(f"{spec!r} is an EVAR task name: give EVAR's root folder (--data-root "
+                       f"DIR with evar/metadata/{spec}.csv and work/16k/...), or a CSV path")
+    csv_path, audio = evar_tasks.locate(spec, data_root)
+    return load_csv_task(csv_path, audio_root=audio, unit_sec=unit_sec, name=spec, **kwargs)
+  return load_csv_task(spec, unit_sec=unit_sec, **kwargs)
 
 
 def synthetic_tasks(num_clips: int, seed: int = 0, seconds: float = 6.08,
@@ -251,15 +381,21 @@ def synthetic_tasks(num_clips: int, seed: int = 0, seconds: float = 6.08,
 
 
 def load_tasks(specs: list[str], *, synthetic: int = 0, synthetic_seed: int = 1,
-               data_dir: str | None = None, sep: str = ",") -> list[Task]:
-  """Loads (and validates) every task; raises on the first bad one, naming it."""
+               data_dir: str | None = None, sep: str = ",", data_root: str | None = None,
+               unit_sec: float | Callable[[str], float | None] | None = None) -> list[Task]:
+  """Loads (and validates) every task; raises on the first bad one, naming it.
+
+  ``unit_sec``: EVAR's clip length for every CSV task, or a function of the spec giving it
+  (``None``: whole clips); ``data_root``: EVAR's root folder, for specs that are EVAR task names.
+  """
   tasks = []
   if synthetic:
     tasks += synthetic_tasks(synthetic, seed=synthetic_seed)
   for spec in specs:
     kwargs = {} if spec.startswith("tfds:") else {"sep": sep}
+    unit = unit_sec(spec) if callable(unit_sec) else unit_sec
     try:
-      task = load_task(spec, data_dir=data_dir, **kwargs)
+      task = load_task(spec, data_dir=data_dir, data_root=data_root, unit_sec=unit, **kwargs)
     except (ValueError, FileNotFoundError) as e:
       raise type(e)(f"task {spec}: {e}") from e
     if task.skipped:

@@ -7,11 +7,12 @@ embedding and the HEAR API do not need.
 """
 from dwm_jax.evaluate.embed import embed_clips, embed_logmel, embed_logmels
 from dwm_jax.evaluate.encoder import Encoder, load_encoder, random_encoder, save_encoder
+from dwm_jax.evaluate.evar_probe import EvarConfig
 from dwm_jax.evaluate.probe import (ProbeConfig, evaluate_tasks, linear_probe, logmel_stats,
                                     markdown_table, mean_average_precision)
 
 __all__ = [
-    "Encoder", "ProbeConfig", "embed_clips", "embed_logmel", "embed_logmels",
+    "Encoder", "EvarConfig", "ProbeConfig", "embed_clips", "embed_logmel", "embed_logmels",
     "evaluate_tasks", "finetune", "linear_probe", "load_encoder", "logmel_stats", "markdown_table",
     "mean_average_precision", "random_encoder", "save_encoder",
 ]

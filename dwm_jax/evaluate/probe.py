@@ -1,10 +1,16 @@
-"""Linear probe (EVAR convention): frozen clip embeddings, a linear classifier, test score.
+"""Linear probe: frozen clip embeddings, a linear classifier, test score.
 
-Features are standardized with the *train* split's statistics only; a linear layer is trained
-with optax Adam on the train split, the epoch with the best valid score is kept (early stopping),
-and that classifier is scored once on test: accuracy for single-label tasks, mAP (macro average
-precision over classes with a positive in test) for multi-label ones. Test data never reaches
-training or model selection.
+Two protocols share the task plumbing here (embedding, cache, folds, seeds):
+- this project's probe (:class:`ProbeConfig`, the default): features standardized with the
+  statistics of the train rows it trains on; a linear layer trained with optax AdamW (lr 3e-3,
+  decoupled decay 1e-4, batches of 128 whose last wraps around, normal(0.01) init); the epoch
+  with the strictly best valid score (then lowest valid loss) is kept, patience 20; a task
+  without a valid split holds out a random 10% of train; scored once on test: accuracy, or mAP
+  over the classes with a positive in test; seeds 0, 1, ...
+- EVAR's linear evaluation (``dwm_jax.evaluate.evar_probe.EvarConfig``), rule by rule.
+
+Test data never reaches training or model selection. A fold task (EVAR's ``fold`` column) is
+scored per fold, train on the other folds, and a seed's score is the mean over folds.
 """
 from __future__ import annotations
 
@@ -12,7 +18,7 @@ import dataclasses
 import functools
 import io
 import logging
-from typing import Callable, Sequence
+from typing import Callable, ClassVar, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -28,12 +34,19 @@ Split = tuple[np.ndarray, np.ndarray]  # (features [n, D], labels [n] int or [n,
 
 @dataclasses.dataclass(frozen=True)
 class ProbeConfig:
-  """Classifier training settings (EVAR-like defaults)."""
+  """This project's probe settings (see the module docstring)."""
   lr: float = 3e-3
   weight_decay: float = 1e-4
   batch_size: int = 128
   max_epochs: int = 200
   patience: int = 20
+  first_seed: ClassVar[int] = 0
+  name: ClassVar[str] = "dwm"
+
+  def score(self, train: Split, valid: Split | None, test: Split, *, seed: int,
+            multilabel: bool, num_classes: int) -> float:
+    return linear_probe(train, valid, test, seed=seed, multilabel=multilabel,
+                        num_classes=num_classes, config=self)
 
 
 def average_precision(scores: np.ndarray, positives: np.ndarray) -> float:
@@ -65,7 +78,7 @@ def mean_average_precision(scores: np.ndarray, targets: np.ndarray) -> float:
   return float(np.mean(aps))
 
 
-def _check_split(name: str, x: np.ndarray, y: np.ndarray, multilabel: bool,
+def check_split(name: str, x: np.ndarray, y: np.ndarray, multilabel: bool,
                  num_classes: int) -> tuple[np.ndarray, np.ndarray]:
   x = np.asarray(x, np.float32)
   y = np.asarray(y)
@@ -154,14 +167,14 @@ def _score(logits: np.ndarray, y: np.ndarray, multilabel: bool) -> float:
 @dataclasses.dataclass(frozen=True)
 class LinearClassifier:
   """A fitted probe: ``logits = ((x - mean) / std) @ w + b`` (train statistics)."""
-  mean: np.ndarray  # [D]
+  mean: np.ndarray  # [D] (float32, or float64 for EVAR's scaler)
   std: np.ndarray   # [D], 1 where a feature is constant
   w: jnp.ndarray    # [D, C]
   b: jnp.ndarray    # [C]
 
   def logits(self, x: np.ndarray) -> np.ndarray:
     """``x: [n, D]`` raw features -> ``[n, C]``."""
-    x = (np.asarray(x, np.float32) - self.mean) / self.std
+    x = ((np.asarray(x, np.float32) - self.mean) / self.std).astype(np.float32)
     return np.asarray(_logits({"w": self.w, "b": self.b}, jnp.asarray(x)))
 
 
@@ -172,14 +185,14 @@ def fit_linear(train: Split, valid: Split | None, *, seed: int, multilabel: bool
   empty: 10% of train held out with ``seed``). See :func:`linear_probe` for the arguments."""
   if num_classes is None:
     num_classes = int(train[1].shape[1] if multilabel else np.max(train[1]) + 1)
-  xtr, ytr = _check_split("train", *train, multilabel, num_classes)
+  xtr, ytr = check_split("train", *train, multilabel, num_classes)
   if len(xtr) == 0:
     raise ValueError("probe needs train examples, got none")
   if valid is None or len(valid[0]) == 0:
     log.info("no valid split: holding out 10%% of %d train examples for early stopping", len(xtr))
     (xtr, ytr), (xva, yva) = holdout(xtr, ytr, seed)
   else:
-    xva, yva = _check_split("valid", *valid, multilabel, num_classes)
+    xva, yva = check_split("valid", *valid, multilabel, num_classes)
   if xva.shape[1] != xtr.shape[1]:
     raise ValueError(f"feature sizes differ: train {xtr.shape[1]}, valid {xva.shape[1]}")
 
@@ -235,7 +248,7 @@ def linear_probe(train: Split, valid: Split | None, test: Split, *, seed: int,
   """
   if num_classes is None:
     num_classes = int(train[1].shape[1] if multilabel else np.max(train[1]) + 1)
-  xte, yte = _check_split("test", *test, multilabel, num_classes)
+  xte, yte = check_split("test", *test, multilabel, num_classes)
   if len(train[0]) == 0 or len(xte) == 0:
     raise ValueError(f"probe needs train and test examples, got {len(train[0])} and {len(xte)}")
   if xte.shape[1] != np.shape(train[0])[1]:
@@ -248,14 +261,12 @@ def linear_probe(train: Split, valid: Split | None, test: Split, *, seed: int,
 def probe_seeds(train: Split, valid: Split | None, test: Split, *, seeds: int | Sequence[int],
                 multilabel: bool = False, num_classes: int | None = None,
                 config: ProbeConfig = ProbeConfig()) -> dict:
-  """:func:`linear_probe` over several seeds: ``{"metric", "mean", "std", "seeds"}``."""
-  seed_list = list(range(seeds)) if isinstance(seeds, int) else list(seeds)
-  if not seed_list:
-    raise ValueError("need at least one seed")
-  scores = [linear_probe(train, valid, test, seed=s, multilabel=multilabel,
-                         num_classes=num_classes, config=config) for s in seed_list]
+  """``config``'s protocol over several seeds: ``{"metric", "mean", "std", "seeds"}``."""
+  ids = seed_list(seeds, config.first_seed)
+  scores = [config.score(train, valid, test, seed=s, multilabel=multilabel,
+                         num_classes=num_classes) for s in ids]
   return {"metric": "mAP" if multilabel else "accuracy", "mean": float(np.mean(scores)),
-          "std": float(np.std(scores)), "seeds": len(seed_list)}
+          "std": float(np.std(scores)), "seeds": len(ids)}
 
 
 # ---- Tasks: embed every split once, then probe over seeds. ----
@@ -288,12 +299,31 @@ def _task_hash(task) -> str:
   import hashlib
   h = hashlib.sha1(repr((task.name, task.multilabel, list(task.classes))).encode())
   for s in ("train", "valid", "test"):
-    xs, y = task.split(s)
-    h.update(np.asarray(y).tobytes())
-    for x in xs:
+    h.update(np.asarray(task.y[s]).tobytes())
+    for x in task.x[s]:
       h.update(repr(x.shape).encode())
       h.update(np.ascontiguousarray(x, np.float32).tobytes())
+  if task.folds is not None:
+    h.update(repr(task.folds.tolist()).encode())
   return h.hexdigest()[:16]
+
+
+def _features(fn: Featurizer, task) -> dict[str, np.ndarray]:
+  """Every split's features; a fold task's test clips that are its train clips (same arrays)
+  are embedded once."""
+  feats = {s: np.asarray(fn(task.x[s]), np.float32) for s in ("train", "valid")}
+  if task.folds is None:
+    feats["test"] = np.asarray(fn(task.x["test"]), np.float32)
+  else:
+    feats["test"] = feats["train"].copy()
+    own = [i for i, (a, b) in enumerate(zip(task.x["test"], task.x["train"])) if a is not b]
+    if own:
+      feats["test"][own] = np.asarray(fn([task.x["test"][i] for i in own]), np.float32)
+  dim = feats["train"].shape[1]
+  for s in ("valid", "test"):
+    if len(feats[s]) == 0:
+      feats[s] = np.zeros((0, dim), np.float32)
+  return feats
 
 
 def task_features(model, task, *, cache_dir: str | None = None) -> dict[str, np.ndarray]:
@@ -301,7 +331,7 @@ def task_features(model, task, *, cache_dir: str | None = None) -> dict[str, np.
 
   With ``cache_dir``, encoder features are stored in ``cache_dir/<fingerprint>/<task>-<hash>.npz``:
   the encoder's parameter fingerprint and the task's content name the file, so another checkpoint
-  or changed data never reuses stale features.
+  or changed data (or another seed's crops) never reuses stale features.
   """
   fn, cache_id = featurizer_for(model)
   path = None
@@ -311,11 +341,7 @@ def task_features(model, task, *, cache_dir: str | None = None) -> dict[str, np.
       with np.load(io.BytesIO(paths.read_bytes(path))) as z:
         log.info("task %s: features from cache %s", task.name, path)
         return {s: z[s] for s in ("train", "valid", "test")}
-  feats = {s: np.asarray(fn(task.split(s)[0]), np.float32) for s in ("train", "valid", "test")}
-  dim = feats["train"].shape[1]
-  for s in ("valid", "test"):
-    if len(feats[s]) == 0:
-      feats[s] = np.zeros((0, dim), np.float32)
+  feats = _features(fn, task)
   if path:
     buf = io.BytesIO()
     np.savez(buf, **feats)
@@ -323,36 +349,69 @@ def task_features(model, task, *, cache_dir: str | None = None) -> dict[str, np.
   return feats
 
 
+def splits_of(task, feats: dict[str, np.ndarray], fold=None
+              ) -> tuple[Split, Split | None, Split]:
+  """``(train, valid or None, test)`` features and labels of a split task, or of fold ``fold``
+  of a fold task (train: the other folds; no valid)."""
+  y = task.y
+  if fold is None:
+    valid = (feats["valid"], y["valid"]) if len(feats["valid"]) else None
+    return (feats["train"], y["train"]), valid, (feats["test"], y["test"])
+  held = task.folds == fold
+  return ((feats["train"][~held], y["train"][~held]), None,
+          (feats["test"][held], y["test"][held]))
+
+
+def seed_list(seeds: int | Sequence[int], first: int = 0) -> list[int]:
+  """``seeds``: a count (``first``, ``first + 1``, ...) or the seeds themselves."""
+  out = list(range(first, first + seeds)) if isinstance(seeds, int) else list(seeds)
+  if not out:
+    raise ValueError("need at least one seed")
+  return out
+
+
 def evaluate_tasks(model, tasks: Sequence, *, seeds: int | Sequence[int] = 3,
-                   config: ProbeConfig = ProbeConfig(), cache_dir: str | None = None
-                   ) -> dict[str, dict]:
+                   config=ProbeConfig(), cache_dir: str | None = None) -> dict[str, dict]:
   """Linear-probes ``model`` on every task (``dwm_jax.data.labeled.Task``).
 
   Args:
     model: an ``Encoder`` (clip embeddings), ``"logmel"`` (log-mel statistics) or a callable
       mapping a list of raw log-mels ``[F, T_i]`` to features ``[n, D]``.
     tasks: labeled tasks; their names key the result.
-    seeds: number of probe seeds (0..n-1) or the seeds themselves.
+    seeds: number of probe seeds (from ``config.first_seed``: 0 for this project's probe, 42
+      for EVAR's) or the seeds themselves.
+    config: :class:`ProbeConfig` or ``evar_probe.EvarConfig`` (the protocol).
     cache_dir: optional embedding cache (see :func:`task_features`).
 
   Returns:
-    ``{task name: {"metric": "accuracy" | "mAP", "mean", "std", "seeds"}}``.
+    ``{task name: {"metric": "accuracy" | "mAP", "mean", "std", "seeds"}}``, mean and std over
+    seeds; a fold task's seed scores its mean over folds, and its result adds ``"folds"``:
+    ``{fold: mean over seeds}``.
   """
+  seed_ids = seed_list(seeds, config.first_seed)
   results = {}
   for task in tasks:
     if getattr(task, "skipped", None):
       log.warning("task %s: %d files were skipped when loading: %s", task.name,
                   sum(task.skipped.values()), task.skipped)
-    feats = task_features(model, task, cache_dir=cache_dir)
-    ys = {s: task.split(s)[1] for s in ("train", "valid", "test")}
-    valid = (feats["valid"], ys["valid"]) if len(feats["valid"]) else None
-    results[task.name] = probe_seeds((feats["train"], ys["train"]), valid,
-                                     (feats["test"], ys["test"]), seeds=seeds,
-                                     multilabel=task.multilabel, num_classes=task.num_classes,
-                                     config=config)
-    r = results[task.name]
-    log.info("probe %s: %s %.4f +- %.4f (%d seeds)", task.name, r["metric"], r["mean"], r["std"],
-             r["seeds"])
+    folds = task.fold_ids or [None]
+    scores = np.zeros((len(seed_ids), len(folds)))
+    featured = feats = None
+    for i, seed in enumerate(seed_ids):
+      cropped = task.for_seed(seed)  # the task itself unless clips are cropped per seed
+      if cropped is not featured:
+        featured, feats = cropped, task_features(model, cropped, cache_dir=cache_dir)
+      for j, k in enumerate(folds):
+        scores[i, j] = config.score(*splits_of(cropped, feats, k), seed=seed,
+                                    multilabel=task.multilabel, num_classes=task.num_classes)
+    per_seed = scores.mean(axis=1)
+    r = {"metric": "mAP" if task.multilabel else "accuracy", "mean": float(per_seed.mean()),
+         "std": float(per_seed.std()), "seeds": len(seed_ids)}
+    if task.folds is not None:
+      r["folds"] = {str(k): float(v) for k, v in zip(folds, scores.mean(axis=0))}
+    results[task.name] = r
+    log.info("probe %s: %s %.4f +- %.4f (%d seeds%s)", task.name, r["metric"], r["mean"],
+             r["std"], r["seeds"], f", {len(folds)} folds" if task.folds is not None else "")
   return results
 
 
@@ -361,6 +420,8 @@ def markdown_table(results: dict[str, dict], title: str = "") -> str:
   lines = [f"### {title}", ""] if title else []
   lines += ["| task | metric | mean | std | seeds |", "|---|---|---:|---:|---:|"]
   for name, r in results.items():
+    if "folds" in r:
+      name = f"{name} ({len(r['folds'])} folds)"
     lines.append(f"| {name} | {r['metric']} | {100 * r['mean']:.2f} | {100 * r['std']:.2f} "
                  f"| {r['seeds']} |")
   return "\n".join(lines) + "\n"

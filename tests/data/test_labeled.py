@@ -96,3 +96,78 @@ def test_synthetic_tasks():
     np.testing.assert_array_equal(t.y["train"], labels)
   again = synthetic_tasks(30, seed=1, seconds=0.8)
   np.testing.assert_array_equal(again[0].x["test"][0], tasks[0].x["test"][0])
+
+
+def test_fold_csv_is_leave_one_fold_out(tmp_path):
+  """EVAR's fold layout (ESC-50: file_name,fold,...,label): every clip trains in the other folds
+  and is tested in its own."""
+  rows = []
+  for i in range(12):
+    write_tone(tmp_path / f"c{i}.wav", 16000, seconds=0.3, freq=200 + 50 * i)
+    rows.append((f"c{i}.wav", i % 3 + 1, i, "abc"[i % 2 + (i % 4 == 3)]))
+  task = load_task(str(write_csv(tmp_path / "esc.csv", rows,
+                                 header=("file_name", "fold", "target", "label"))))
+  assert task.fold_ids == [1, 2, 3] and task.folds.tolist() == [i % 3 + 1 for i in range(12)]
+  assert all(a is b for a, b in zip(task.x["train"], task.x["test"]))  # no crops: shared
+  with pytest.raises(ValueError, match=r"has folds \[1, 2, 3\]"):
+    task.split("train")
+  f2 = task.fold(2)
+  held = [i for i in range(12) if i % 3 + 1 == 2]
+  assert [x.shape for x in f2.x["test"]] == [task.x["train"][i].shape for i in held]
+  np.testing.assert_array_equal(f2.y["test"], task.y["train"][held])
+  np.testing.assert_array_equal(f2.y["train"], np.delete(task.y["train"], held))
+  assert len(f2.x["train"]) == 8 and f2.x["valid"] == [] and f2.folds is None
+  bad = rows + [("c0.wav", 4, 0, "only_in_fold_4")]
+  with pytest.raises(ValueError, match="labels in fold 4 absent from the other folds"):
+    load_task(str(write_csv(tmp_path / "bad.csv", bad, header=("file_name", "fold", "target",
+                                                                 "label"))))
+
+
+def test_unit_crops_follow_evar(tmp_path):
+  """unit_sec: clips zero-padded or cropped as waveforms; test at 0, train/valid per seed."""
+  from dwm_jax.data.evar_tasks import unit_clip
+  from dwm_jax.data.log_mel import log_mel
+  from dwm_jax.data.audio_io import load_audio
+  lengths = {"short.wav": 0.4, "long.wav": 1.7, "long_test.wav": 1.7}
+  for name, sec in lengths.items():
+    write_tone(tmp_path / name, 16000, seconds=sec, freq=300 + 400 * sec)
+  rows = [("short.wav", "a", "train"), ("long.wav", "b", "train"), ("short.wav", "a", "valid"),
+          ("long_test.wav", "b", "test")]
+  task = load_task(str(write_csv(tmp_path / "u.csv", rows)), unit_sec=1.0)
+  short, long, long_test = (load_audio(tmp_path / n) for n in lengths)
+  unit = 16000
+  np.testing.assert_array_equal(task.x["train"][0], log_mel(np.pad(short, (0, unit - 6400))))
+  np.testing.assert_array_equal(task.x["test"][0], log_mel(long_test[:unit]))  # test: at 0
+  assert task.x["test"][0].shape == (80, 101)
+  a, b, again = task.for_seed(42), task.for_seed(43), task.for_seed(42)
+  assert task.for_seed(42) is not task and a.crop is None
+  np.testing.assert_array_equal(a.x["train"][1], again.x["train"][1])  # seeded
+  assert not np.array_equal(a.x["train"][1], b.x["train"][1])          # redrawn per seed
+  assert a.x["test"][0] is task.x["test"][0] and a.x["train"][0] is task.x["train"][0]
+  # The crop is a window of the wave, its start drawn in [0, S - unit) from (seed, CSV row).
+  start = int(np.random.default_rng([42, 1]).integers(len(long) - unit))
+  np.testing.assert_array_equal(a.x["train"][1], log_mel(long[start:start + unit]))
+  # .npy log-mels are cropped in frames and padded with the log of digital silence.
+  lm = np.arange(80 * 30, dtype=np.float32).reshape(80, 30)
+  padded = unit_clip(lm, unit)
+  assert padded.shape == (80, 101) and np.all(padded[:, 30:] == np.log(np.float32(1.1920929e-07)))
+  np.testing.assert_array_equal(padded[:, :30], lm)
+  no_crop = load_task(str(tmp_path / "u.csv"))
+  assert no_crop.for_seed(42) is no_crop and no_crop.x["train"][1].shape == (80, 171)
+
+
+def test_evar_task_names_read_evars_layout(tmp_path):
+  """--task esc50 --data-root DIR: DIR/evar/metadata/esc50.csv, audio in DIR/work/16k/esc50/."""
+  audio = tmp_path / "work" / "16k" / "esc50" / "audio"
+  rows = []
+  for i in range(10):
+    write_tone(audio / f"{i}.wav", 16000, seconds=0.5, freq=300 + 80 * i)
+    rows.append((f"audio/{i}.wav", i % 5 + 1, i % 2, ["dog", "rain"][i % 2]))
+  (tmp_path / "evar" / "metadata").mkdir(parents=True)
+  write_csv(tmp_path / "evar" / "metadata" / "esc50.csv", rows,
+            header=("file_name", "fold", "target", "label"))
+  task = load_task("esc50", data_root=str(tmp_path), unit_sec=5.0)
+  assert task.name == "esc50" and task.fold_ids == [1, 2, 3, 4, 5]
+  assert task.x["train"][0].shape == (80, 501)  # padded to ESC-50's 5 s
+  with pytest.raises(ValueError, match="EVAR task name: give EVAR's root folder"):
+    load_task("esc50")
