@@ -111,6 +111,8 @@ class LatencyProxy:
       await asyncio.gather(self._pump(client_r, server_w, up=True),
                            self._pump(server_r, client_w, up=False),
                            return_exceptions=True)
+    except asyncio.CancelledError:
+      client_w.close()  # stop(): end quietly (asyncio reports a cancelled handler as an error)
     finally:
       self._tasks.discard(task)
 

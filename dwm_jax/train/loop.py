@@ -233,7 +233,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
     # crops can take minutes), recorded in the config the checkpoints and config.json keep.
     config = pipeline.with_run_stats(config, workdir, write=primary)
     if primary:
-      ckpt.write_config(workdir, config)
+      with deadline.guard("writing the config to", workdir):
+        ckpt.write_config(workdir, config)
 
   if batches is None:
     loader = pipeline.make_pretrain_loader(
@@ -268,15 +269,16 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
   saver = ckpt.Saver(manager, workdir, last_good=start)
   clock = ckpt.SaveClock(float(config.checkpoint.every_minutes))
 
-  # How far an earlier launch got beyond the checkpoint this one resumes from.
-  reached = metrics_log.last_logged_step(workdir) if primary and start is not None else None
+  with deadline.guard("reading the run's logs from", workdir):
+    # How far an earlier launch got beyond the checkpoint this one resumes from.
+    reached = metrics_log.last_logged_step(workdir) if primary and start is not None else None
+    writer = metrics_log.make_writer(workdir, is_primary=primary)
   steps_repeated = max(0, reached - start) if reached is not None else 0
-  writer = metrics_log.make_writer(workdir, is_primary=primary)
   writer.write_hparams(metrics_log.hparams(config))
   png_every = int(config.mask_png_every_steps)
   step = first = start or 0
   profiler = profile_lib.Profiler(config.profile, workdir, first_step=first,
-                                  total_steps=setup.total_steps)
+                                  total_steps=setup.total_steps, guard=deadline.guard)
   last_saved = start
   last_logged: dict[str, float] = {}
   in_flight: collections.deque = collections.deque()
@@ -374,8 +376,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
       except Exception:  # pylint: disable=broad-except  (already reported by the saver)
         pass
       manager.close()
-    with deadline.guard("uploading the profile to", profiler.target):
-      profiler.finish()
+    profiler.finish()
     writer.flush()
     with deadline.guard("uploading the logs to", workdir):
       writer.close()

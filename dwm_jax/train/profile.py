@@ -28,7 +28,7 @@ import logging
 import os
 import shutil
 import tempfile
-from typing import Callable, ContextManager
+from typing import Any, Callable, ContextManager
 
 import jax
 import ml_collections
@@ -49,7 +49,10 @@ class Profiler:
   """Starts and stops the trace at the configured steps (see the module docstring)."""
 
   def __init__(self, cfg: ml_collections.ConfigDict, workdir: str, *, first_step: int,
-               total_steps: int):
+               total_steps: int,
+               guard: Callable[[str, str], ContextManager[Any]] = lambda what, where:
+               contextlib.nullcontext()):
+    self.guard = guard  # bounds the upload to a bucket (the loop's storage deadline)
     self.start = int(cfg.start_step)
     self.stop = min(self.start + int(cfg.num_steps), total_steps)
     self.target = profile_dir(workdir, jax.process_index(), jax.process_count())
@@ -95,8 +98,9 @@ class Profiler:
     local, self.local, self.active = self.local, None, False
     jax.profiler.stop_trace()
     if local != self.target:
-      for rel in paths.walk_files(local):
-        paths.copy_file(os.path.join(local, rel), paths.join(self.target, rel))
+      with self.guard("uploading the profile to", self.target):
+        for rel in paths.walk_files(local):
+          paths.copy_file(os.path.join(local, rel), paths.join(self.target, rel))
       shutil.rmtree(local, ignore_errors=True)
     log.info("profile: trace of steps %d-%d in %s", self.start + 1, self.stop, self.target)
 

@@ -53,10 +53,11 @@ def _run_args(data: dict, workdir: str) -> list[str]:
 
 
 def _config(data: dict):
-  """The config :func:`_run_args` makes, for in-process runs."""
+  """The config :func:`_run_args` makes, plus a profile of step 6, for in-process runs."""
   c = tiny_config()
   c.data.source, c.data.csv, c.data.stats = "npy", data["csv"], data["stats"]
   c.mask_png_every_steps = 4
+  c.profile.start_step, c.profile.num_steps = 5, 1  # a trace of step 6 (changes no result)
   return c
 
 
@@ -195,6 +196,10 @@ def test_logs_and_mask_pngs_land_in_the_bucket(bucket_run, reference, tmp_path):
   assert set(range(5, 9)) <= set(got) and all(got[s] == want[s] for s in got)
   assert paths.listdir(f"{workdir}/masks") == ["step_00000000.png", "step_00000004.png"]
   assert paths.read_bytes(f"{workdir}/masks/step_00000004.png")[:8] == b"\x89PNG\r\n\x1a\n"
+  # The profile of step 6 (by the resumed invocation), written locally, then uploaded.
+  traced = paths.walk_files(f"{workdir}/profile")
+  assert any(p.endswith(".xplane.pb") for p in traced), traced
+  assert any(p.endswith("perfetto_trace.json.gz") for p in traced), traced
   # TensorBoard events: written locally, uploaded at each log step; both invocations' files.
   import tensorflow as tf
   events = paths.glob(f"{workdir}/logs/events.out.tfevents.*")
