@@ -229,7 +229,7 @@ def _check_schedule(c: _Checker, device_count: int, process_count: int) -> None:
 def _check_launch(c: _Checker, process_count: int) -> None:
   """Observability and storage fields: they never change what is trained."""
   c.number("peak_tflops", lo=0.0, lo_open=True, optional=True)
-  c.check("compile_cache", lambda v: isinstance(v, str),
+  c.check("compile_cache", lambda v: v is None or isinstance(v, str),
           "must be \"auto\", \"off\", a folder or a bucket URL, got {v!r}")
   c.number("profile.start_step", lo=1, integer=True)
   c.number("profile.num_steps", lo=0, integer=True)
