@@ -104,9 +104,30 @@ def base_config() -> ml_collections.ConfigDict:
   c.checkpoint.keep = 3
   c.checkpoint.keep_period = 0     # > 0: also keep every checkpoint whose step divides by this
   c.checkpoint.async_save = True
+  # Also save once this many minutes have passed since the last save (checked at log steps,
+  # process 0's clock); 0 = only every_steps.
+  c.checkpoint.every_minutes = 15.0
 
   c.log_every_steps = 50
   c.mask_png_every_steps = 1000    # 0 = never
+  # MFU's peak, TFLOP/s per device. None: the chip's entry in dwm_jax.train.mfu.PEAKS for
+  # model.dtype, else (CPU, other chips) a matmul measured at start.
+  c.peak_tflops = config_dict.placeholder(float)
+  # JAX's persistent compilation cache: "auto" (JAX's own setting, else ~/.cache/dwm-jax/jax),
+  # a folder or a bucket URL, or "off".
+  c.compile_cache = "auto"
+
+  c.profile = ml_collections.ConfigDict()
+  c.profile.start_step = 5         # trace the steps after this many are done (not a launch's first)
+  c.profile.num_steps = 0          # 0 = no trace; else WORKDIR/profile/ (XProf, Perfetto)
+  c.profile.processes = (0,)       # the process indices that trace
+
+  c.storage = ml_collections.ConfigDict()
+  # A wait of the run on a bucket (a save, a batch, an upload) longer than this ends it with one
+  # line (exit status 1); the last good checkpoint is kept.
+  c.storage.timeout_seconds = 600.0
+  # A bucket request that moves no data for this long is abandoned and retried with backoff.
+  c.storage.request_timeout_seconds = 60.0
 
   c.probe = ml_collections.ConfigDict()
   c.probe.tasks = ()               # EVAR CSVs or tfds:NAME; synthetic tasks when source=synthetic

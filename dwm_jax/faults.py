@@ -4,7 +4,8 @@ The command-line entry points print ``str(fault)`` and exit with ``fault.exit_st
 traceback unless ``--debug`` or ``DWM_JAX_DEBUG=1``); ``docs/faults.md`` lists every case.
 Status 1: the run stopped on a fault (rerunning after the fix resumes); status 2: the request
 itself cannot work (invalid config or arguments, does not fit); status 75 (``EX_TEMPFAIL``):
-nothing to fix, restart the job with the same command (a lost peer process).
+nothing to fix, restart the job with the same command (a lost peer process, a bucket that
+stopped answering).
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ class UsageFault(Fault):
 
 
 class RestartFault(Fault):
-  """Nothing to fix: the job stopped because of something outside it (a lost peer process);
+  """Nothing to fix: the job stopped because of something outside it (a lost peer process, a stalled bucket);
   restarting it with the same command resumes from its last checkpoint."""
   exit_status = 75  # EX_TEMPFAIL (sysexits.h): "temporary failure, the user is invited to retry"
 

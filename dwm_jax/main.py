@@ -9,8 +9,9 @@ Library entry: :func:`train_and_evaluate`. Exit status: 0 when finished or stopp
 SIGTERM/SIGINT after saving a checkpoint (rerun the same command to resume); 1 when the run
 stopped on a fault it reports in one line (NaN/Inf loss, no readable checkpoint, a failed save,
 a failed input pipeline); 2 on an invalid config or command line, a checkpoint of another model,
-or a step that does not fit in device memory (found before step 1); 75 when a multi-process run
-lost a peer process (restart the job with the same command). ``--debug`` (or
+or a step that does not fit in device memory (found before step 1); 75 when there is nothing to
+fix (a multi-process run lost a peer process, or a bucket stopped answering for
+``storage.timeout_seconds``): restart the job with the same command. ``--debug`` (or
 ``DWM_JAX_DEBUG=1``) adds the traceback. A multi-process run trains in a child process of
 :mod:`dwm_jax.supervisor`, which reports how it ended.
 
@@ -92,17 +93,61 @@ def read_summary(path: str) -> dict[str, Any] | None:
 
 def merge_summary(old: dict[str, Any] | None, new: dict[str, Any]) -> dict[str, Any]:
   """The record of the whole run across restarts: a rerun that trains nothing keeps the figures
-  of the invocations that did; training time and steps add up over resumed invocations."""
-  if not old:
-    return new
-  merged = dict(new)
-  if not new["steps_trained"]:
-    for k in ("final_loss", "clips_per_sec", "probe"):
-      if old.get(k) is not None:
-        merged[k] = old[k]
-  merged["train_seconds"] = old.get("train_seconds", 0.0) + new["train_seconds"]
-  merged["steps_trained"] = old.get("steps_trained", 0) + new["steps_trained"]
+  of the invocations that did; training time and steps add up over resumed invocations, and
+  each launch's record (``new["launch"]``) joins ``launches``, from which :func:`run_totals`
+  derives the whole run's throughput, compile and checkpoint time and the time lost to
+  restarts."""
+  launches = (old or {}).get("launches", []) + ([new["launch"]] if "launch" in new else [])
+  merged = {k: v for k, v in new.items() if k != "launch"}
+  if old:
+    if not new["steps_trained"]:
+      for k in ("final_loss", "clips_per_sec", "throughput", "probe"):
+        if old.get(k) is not None:
+          merged[k] = old[k]
+    merged["train_seconds"] = old.get("train_seconds", 0.0) + new["train_seconds"]
+    merged["steps_trained"] = old.get("steps_trained", 0) + new["steps_trained"]
+  if launches:
+    merged["launches"] = launches
+    merged.update(run_totals(launches))
+    merged["clips_per_sec"] = merged["throughput"].get("clips_per_sec", merged["clips_per_sec"])
   return merged
+
+
+def run_totals(launches: list[dict[str, Any]]) -> dict[str, Any]:
+  """The whole run's figures from its launches' records (see ``dwm_jax.train.loop.train``).
+
+  ``throughput``: step time, clips/s (overall and per device), TFLOP/s per device and MFU over
+  every launch's timed steps, and the share of that time spent waiting for data;
+  ``compile_seconds`` and ``checkpoint_seconds`` summed; ``restarts``: the launches that resumed
+  a run and trained, the steps they repeated (an earlier launch had done them, but they came
+  after its last checkpoint) and their time to the first step; ``seconds_lost`` adds the
+  repeated steps at the run's step time. A launch killed before it wrote its summary is missing
+  from ``launches``; the next one still counts the steps it repeats.
+  """
+  last = launches[-1]
+  steps = sum(l.get("timed_steps", 0) for l in launches)
+  seconds = sum(l.get("timed_seconds", 0.0) for l in launches)
+  throughput: dict[str, Any] = {"timed_steps": steps, "timed_seconds": seconds}
+  step_time = seconds / steps if steps and seconds else None
+  if step_time:
+    clips = last["clips_per_step"] / step_time
+    throughput.update(step_time=step_time, clips_per_sec=clips,
+                      clips_per_sec_per_device=clips / last["devices"],
+                      data_wait=sum(l.get("data_wait_seconds", 0.0) for l in launches) / seconds)
+    if last.get("flops_per_step"):
+      throughput["tflops_per_device"] = last["flops_per_step"] / step_time / 1e12
+      if last.get("peak_flops"):
+        throughput["mfu"] = last["flops_per_step"] / step_time / last["peak_flops"]
+  resumed = [l for l in launches if l.get("resumed_from") is not None and l.get("steps")]
+  repeated = sum(l.get("steps_repeated", 0) for l in resumed)
+  startup = sum(l.get("startup_seconds") or 0.0 for l in resumed)
+  return {
+      "throughput": throughput,
+      "compile_seconds": sum(l.get("compile_seconds", 0.0) for l in launches),
+      "checkpoint_seconds": sum(l.get("checkpoint_seconds", 0.0) for l in launches),
+      "restarts": {"count": len(resumed), "steps_repeated": repeated, "startup_seconds": startup,
+                   "seconds_lost": startup + repeated * (step_time or 0.0)},
+  }
 
 
 def split_mask_options(argv: list[str]) -> tuple[list[str], list[tuple[str, str]]]:

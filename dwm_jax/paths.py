@@ -18,7 +18,11 @@ uses): with ``EPATH_USE_TF=false`` (or without TensorFlow) its ``gs://`` backend
 - :func:`move_dir`: a rename locally; on a bucket (no renames there) a copy of every object,
   then the deletion of the source, so an interruption leaves the source whole;
 - :func:`check_bucket` / :func:`check_writable`: the bucket exists, is reachable and (for
-  writes) accepts an object, else one :class:`StorageError` (exit status 2) before a job starts.
+  writes) accepts an object, else one :class:`StorageError` (exit status 2) before a job starts;
+- :func:`set_request_timeout`: a bucket request that moves no data for that long is abandoned
+  and retried with backoff by its client (gcsfs, TensorStore), never waited on forever. The
+  pretraining loop also bounds each whole wait (:mod:`dwm_jax.train.deadline`), and ends with a
+  :class:`StorageTimeout` (exit status 75: restart) when a bucket stops answering.
 
 Emulators: a user who sets only ``STORAGE_EMULATOR_HOST`` (e.g. ``http://127.0.0.1:4443`` of
 fake-gcs-server) gets, at import, what every client needs to use it too (see
@@ -48,6 +52,11 @@ _PROXY_ENV = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PRO
 
 class StorageError(faults.UsageFault):
   """A bucket that does not exist, cannot be reached, or refuses these credentials."""
+
+
+class StorageTimeout(faults.RestartFault):
+  """A bucket stopped answering: a wait of the run outlasted ``storage.timeout_seconds``.
+  Nothing to fix in the job (status 75): restart it once the bucket answers."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -99,6 +108,59 @@ def configure_emulator(environ: MutableMapping[str, str] | None = None) -> dict[
 
 
 configure_emulator()
+
+
+# ---------------------------------------------------------------------------------------------
+# Request timeouts.
+
+REQUEST_TIMEOUT_SECONDS = 60.0  # the default of storage.request_timeout_seconds
+# TensorStore (orbax's array reads and writes) abandons a transfer slower than this many bytes/s
+# over the timeout: one byte would never fire, since a request's own upload counts as progress.
+_LOW_SPEED_BYTES = 256
+
+
+def request_timeout_environment(seconds: float) -> dict[str, str]:
+  """TensorStore's variables for a request timeout of ``seconds``. TensorStore reads them when
+  it opens its first HTTP connection (the first checkpoint read or write of the process)."""
+  s = str(max(1, int(round(seconds))))
+  return {"TENSORSTORE_CURL_LOW_SPEED_TIME_SECONDS": s,
+          "TENSORSTORE_CURL_LOW_SPEED_LIMIT_BYTES": str(_LOW_SPEED_BYTES),
+          "TENSORSTORE_CURL_CONNECT_TIMEOUT_SECONDS": s}
+
+
+def set_request_timeout(seconds: float) -> None:
+  """Bucket requests that move no data for ``seconds`` fail and are retried with backoff:
+  gcsfs (every ``dwm_jax.paths`` call, orbax's metadata) waits at most ``seconds`` for a
+  connection or for the next bytes of an answer, in 6 attempts 1 to 16 s apart; TensorStore
+  abandons a transfer below 256 bytes/s for ``seconds``, in up to 32 attempts 1 to 32 s apart.
+  Without a call, both use :data:`REQUEST_TIMEOUT_SECONDS` (TensorStore variables the user set
+  are kept)."""
+  global _request_timeout
+  os.environ.update(request_timeout_environment(seconds))
+  _request_timeout = float(seconds)
+  _apply_request_timeout()
+
+
+_request_timeout = REQUEST_TIMEOUT_SECONDS
+for _name, _value in request_timeout_environment(REQUEST_TIMEOUT_SECONDS).items():
+  os.environ.setdefault(_name, _value)
+
+
+def _apply_request_timeout() -> None:
+  """Gives gcsfs the request timeout: fsspec's defaults for new file systems, and the ones
+  already open (etils keeps its own). Called by :func:`set_request_timeout` and at the first
+  bucket check (so a local-only job does not import the cloud clients for it)."""
+  try:
+    import aiohttp  # pylint: disable=import-outside-toplevel
+    import fsspec  # pylint: disable=import-outside-toplevel
+  except ImportError:
+    return
+  timeout = aiohttp.ClientTimeout(sock_connect=_request_timeout, sock_read=_request_timeout)
+  fsspec.config.conf.setdefault("gcs", {})["requests_timeout"] = timeout
+  gcsfs = sys.modules.get("gcsfs")
+  if gcsfs is not None:
+    for fs in list(getattr(gcsfs.GCSFileSystem, "_cache", {}).values()):
+      fs.requests_timeout = timeout
 
 
 # ---------------------------------------------------------------------------------------------
@@ -384,6 +446,8 @@ def check_bucket(path: Any) -> None:
   with _lock:
     if bucket in _checked_buckets:
       return
+    if not _checked_buckets:
+      _apply_request_timeout()
     for url in _endpoints(bucket.split("://")[0]):
       _reach(url)
     try:

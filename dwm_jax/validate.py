@@ -222,8 +222,31 @@ def _check_schedule(c: _Checker, device_count: int, process_count: int) -> None:
   c.number("checkpoint.every_steps", lo=1, integer=True)
   c.number("checkpoint.keep", lo=1, integer=True)
   c.number("checkpoint.keep_period", lo=0, integer=True)
+  c.number("checkpoint.every_minutes", lo=0.0)
   c.number("log_every_steps", lo=1, integer=True)
   c.number("mask_png_every_steps", lo=0, integer=True)
+
+
+def _check_launch(c: _Checker, process_count: int) -> None:
+  """Observability and storage fields: they never change what is trained."""
+  c.number("peak_tflops", lo=0.0, lo_open=True, optional=True)
+  c.check("compile_cache", lambda v: v is None or isinstance(v, str),
+          "must be \"auto\", \"off\", a folder or a bucket URL, got {v!r}")
+  c.number("profile.start_step", lo=1, integer=True)
+  c.number("profile.num_steps", lo=0, integer=True)
+  processes = c.get("profile.processes")
+  if isinstance(processes, int):
+    processes = (processes,)
+  if not isinstance(processes, (tuple, list)) or not all(
+      isinstance(p, int) and not isinstance(p, bool) and 0 <= p < process_count
+      for p in processes):
+    c.fail("profile.processes", f"must be process indices in [0, {process_count}), got "
+           f"{c.get('profile.processes')!r}")
+  timeout = c.number("storage.timeout_seconds", lo=0.0, lo_open=True)
+  request = c.number("storage.request_timeout_seconds", lo=1.0)
+  if timeout is not None and request is not None and request > timeout:
+    c.fail("storage.request_timeout_seconds", f"{request:g} s is longer than "
+           f"storage.timeout_seconds ({timeout:g} s), which bounds every wait")
 
 
 def _check_probe(c: _Checker) -> None:
@@ -274,6 +297,7 @@ def validate(config: ml_collections.ConfigDict, *, device_count: int | None = No
   _check_mask(c, grid)
   _check_data(c)
   _check_schedule(c, int(device_count), int(process_count))
+  _check_launch(c, int(process_count))
   _check_probe(c)
   if c.problems:
     raise ConfigError(c.problems)

@@ -1,7 +1,11 @@
 """The quickstart job end to end (fewer steps): checkpoints, logs, mask PNGs, probe results."""
+import configparser
 import glob
 import json
 import os
+import subprocess
+import sys
+import textwrap
 
 import pytest
 
@@ -56,6 +60,73 @@ def test_quickstart_end_to_end(tmp_path):
                    "--config.batch_size=16", "--config.probe.after_pretrain=False"]) == 0
   again = json.load(open(workdir / "summary.json"))
   assert again["resumed_from"] == 6 and again["step"] == 6
+
+
+# A process where TensorFlow cannot be imported (what a plain `pip install -e .` gives): the
+# path finder no longer finds it, as if it were not installed.
+NO_TENSORFLOW = textwrap.dedent("""
+    import importlib.machinery, json, os, sys
+
+    class NoTensorFlow(importlib.machinery.PathFinder):
+      @classmethod
+      def find_spec(cls, name, path=None, target=None):
+        if name.split(".")[0] == "tensorflow":
+          return None
+        return super().find_spec(name, path, target)
+
+    sys.meta_path = [NoTensorFlow if f is importlib.machinery.PathFinder else f
+                     for f in sys.meta_path]
+    try:
+      import tensorflow
+      sys.exit("tensorflow is still importable")
+    except ImportError:
+      pass
+    from dwm_jax import cli
+    from tests.tensorboard_events import read_events
+    workdir = sys.argv[1]
+    rc = cli.main(["pretrain", "--workdir", workdir, *sys.argv[2:]])
+    events = read_events(os.path.join(workdir, "logs"))
+    events["images"] = {k: [(s, w, h, png[:8].hex()) for s, w, h, png in v]
+                        for k, v in events["images"].items()}
+    loaded = sorted({m.split(".")[0] for m in sys.modules} & {"tensorflow", "clu"})
+    print("RESULT " + json.dumps({"rc": rc, "events": events, "loaded": loaded}))
+    """)
+
+
+def test_install_requires_tensorboard_and_no_tensorflow():
+  cfg = configparser.ConfigParser()
+  cfg.read(os.path.join(REPO, "setup.cfg"))
+  names = [line.split(">")[0].split("=")[0].split("<")[0].strip()
+           for line in cfg["options"]["install_requires"].strip().splitlines()]
+  assert "tensorboard" in names
+  assert not {"tensorflow", "tensorflow-cpu", "clu"} & set(names)
+
+
+@pytest.mark.slow
+def test_quickstart_writes_tensorboard_events_without_tensorflow(tmp_path, cache_dir):
+  workdir = str(tmp_path / "qs")
+  env = {**os.environ, "PYTHONPATH": os.pathsep.join([REPO, os.environ.get("PYTHONPATH", "")]),
+         "JAX_COMPILATION_CACHE_DIR": cache_dir, "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
+  proc = subprocess.run(
+      [sys.executable, "-c", NO_TENSORFLOW, workdir, "--config", QUICKSTART,
+       "--config.total_steps=4", "--config.log_every_steps=2", "--config.mask_png_every_steps=2",
+       "--config.data.synthetic.num_clips=64", "--config.batch_size=16",
+       "--config.probe.after_pretrain=False"],
+      cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+  assert "RESULT " in proc.stdout, proc.stdout[-2000:] + proc.stderr[-3000:]
+  result = json.loads(proc.stdout.split("RESULT ")[-1])
+  assert result["rc"] == 0 and result["loaded"] == [], proc.stderr[-3000:]
+  assert "no TensorBoard events" not in proc.stderr
+  events = result["events"]
+  rows = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+  assert [r["step"] for r in rows] == [2, 4]
+  for name in ("loss", "lr", "hint", "clips_per_sec", "mfu", "tflops_per_device", "data_wait",
+               "step_time"):
+    assert events["scalars"][name] == [[r["step"], pytest.approx(r[name], rel=1e-6)]
+                                       for r in rows], name
+  png = "89504e470d0a1a0a"  # the PNG signature
+  assert [[s, p] for s, _, _, p in events["images"]["masks"]] == [[0, png], [2, png]]
+  assert events["hparams"]["objective.name"] == "mae" and events["hparams"]["mask.ratio"] == 0.7
 
 
 def test_cli_dispatches_pretrain_and_reports_usage(capsys):

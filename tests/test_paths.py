@@ -104,3 +104,51 @@ def test_put_file_moves_a_finished_file_into_place(tmp_path, bucket):
       assert not local.exists() and paths.read_bytes(dst) == content
   assert paths.walk_files(f"{bucket}/out") == ["a/f.npy"]  # no temporary object left
   assert os.listdir(tmp_path / "out" / "a") == ["f.npy"]
+
+
+_STALLED_READ = """
+import logging, sys, time
+from dwm_jax import paths
+logging.basicConfig(level=logging.WARNING)
+logging.getLogger("gcsfs").setLevel(logging.DEBUG)  # it logs each retry at DEBUG
+paths.set_request_timeout(1.0)
+path = sys.argv[1]
+paths.write_text(path, "answer")
+print("ready", flush=True)
+sys.stdin.readline()  # the test has stopped the bucket
+t = time.monotonic()
+text = paths.read_text(path)
+print("read", text, round(time.monotonic() - t, 1), flush=True)
+"""
+
+
+@pytest.mark.slow
+def test_a_stalled_request_times_out_and_is_retried_until_the_bucket_answers(gcs, bucket):
+  """Through a proxy that holds all traffic for 4 s: the read gives up after the 1 s request
+  timeout, retries with backoff and succeeds once the bucket answers again."""
+  import subprocess  # pylint: disable=import-outside-toplevel
+  import sys  # pylint: disable=import-outside-toplevel
+  import time  # pylint: disable=import-outside-toplevel
+  from dwm_jax.testing.tcp_proxy import LatencyProxy  # pylint: disable=import-outside-toplevel
+  with LatencyProxy("127.0.0.1", gcs.port) as proxy:
+    env = {k: v for k, v in os.environ.items()
+           if k not in paths.emulator_environment({paths.EMULATOR_ENV: gcs.url})}
+    env[paths.EMULATOR_ENV] = proxy.url
+    proc = subprocess.Popen([sys.executable, "-c", _STALLED_READ, f"{bucket}/stall.txt"],
+                            env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+      assert proc.stdout.readline().strip() == "ready", proc.stderr.read()[-2000:]
+      proxy.pause()
+      proc.stdin.write("go\n")
+      proc.stdin.flush()
+      time.sleep(4.0)
+      proxy.resume()
+      out, err = proc.communicate(timeout=60)
+    finally:
+      proc.kill()
+  _, text, seconds = out.split()
+  assert proc.returncode == 0 and text == "answer", err[-2000:]
+  retries = [line for line in err.splitlines() if "retrying after exception" in line]
+  assert retries and all("Timeout" in line for line in retries), err[-2000:]
+  assert 4.0 <= float(seconds) < 40

@@ -73,6 +73,14 @@ CASES = [
     (_set(data__source="tfds", data__tfds_name="speech_commands", probe__after_pretrain=True),
      "probe.tasks: probe.after_pretrain needs task CSVs (or tfds:NAME) when data.source is not "
      "synthetic"),
+    (_set(checkpoint__every_minutes=-1.0), "checkpoint.every_minutes: must be in [0.0, inf]"),
+    (_set(peak_tflops=0.0), "peak_tflops: must be in (0.0, inf]"),
+    (_set(profile__start_step=0), "profile.start_step: must be in [1, inf]"),
+    (_set(profile__num_steps=-1), "profile.num_steps: must be in [0, inf]"),
+    (_set(profile__processes=(0, 2)), "profile.processes: must be process indices in [0, 1)"),
+    (_set(storage__timeout_seconds=0.0), "storage.timeout_seconds: must be in (0.0, inf]"),
+    (_set(storage__request_timeout_seconds=900.0), "storage.request_timeout_seconds: 900 s is "
+     "longer than storage.timeout_seconds (600 s)"),
 ]
 
 

@@ -89,9 +89,11 @@ class LatencyProxy:
       self._loop.run_forever()
     finally:
       server.close()
-      for task in list(self._tasks):
+      tasks = list(self._tasks)
+      for task in tasks:
         task.cancel()
-      self._loop.run_until_complete(asyncio.sleep(0))
+      # Let the cancelled connections unwind (one tick is not enough for a paused one).
+      self._loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
       self._loop.close()
 
   async def _handle(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter):
@@ -109,6 +111,8 @@ class LatencyProxy:
       await asyncio.gather(self._pump(client_r, server_w, up=True),
                            self._pump(server_r, client_w, up=False),
                            return_exceptions=True)
+    except asyncio.CancelledError:
+      client_w.close()  # stop(): end quietly (asyncio reports a cancelled handler as an error)
     finally:
       self._tasks.discard(task)
 

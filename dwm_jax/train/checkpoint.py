@@ -30,6 +30,7 @@ import json
 import logging
 import os
 import sys
+import threading
 import time
 from typing import Any, Callable
 
@@ -83,18 +84,24 @@ logging.getLogger("absl").addFilter(_QuietOrbax())
 
 
 def make_manager(workdir: str, ckpt_cfg: ml_collections.ConfigDict | None = None, *,
-                 read_only: bool = False) -> ocp.CheckpointManager:
+                 read_only: bool = False,
+                 on_commit: Callable[[], None] | None = None) -> ocp.CheckpointManager:
   """A manager keeping the last ``keep`` saves plus every ``keep_period``-th step.
 
   The loop decides when to save (``save(..., force=True)``), so no save interval is set here.
+  ``on_commit`` runs (in orbax's background thread, on process 0) after each asynchronous save
+  has committed.
   """
   keep = int(ckpt_cfg.keep) if ckpt_cfg is not None else 3
   period = int(ckpt_cfg.keep_period) if ckpt_cfg is not None else 0
   policies = [ocp.checkpoint_managers.LatestN(n=keep)]
   if period > 0:
     policies.append(ocp.checkpoint_managers.EveryNSteps(interval_steps=period))
+  async_save = bool(ckpt_cfg.async_save) if ckpt_cfg is not None else False
   options = ocp.CheckpointManagerOptions(
-      enable_async_checkpointing=bool(ckpt_cfg.async_save) if ckpt_cfg is not None else False,
+      enable_async_checkpointing=async_save,
+      async_options=ocp.AsyncOptions(post_finalization_callback=on_commit)
+      if async_save and on_commit is not None else None,
       preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(policies),
       save_interval_steps=0 if read_only else 1,
       cleanup_tmp_directories=not read_only,
@@ -129,6 +136,23 @@ class Saver:
   def __init__(self, manager: ocp.CheckpointManager, workdir: str, last_good: int | None):
     self.manager, self.workdir = manager, workdir
     self.last_good, self.in_flight = last_good, None
+    self._started: collections.deque = collections.deque()  # saves not yet known committed
+    self._committed = last_good
+    self._lock = threading.Lock()
+
+  def committed(self) -> None:
+    """``on_commit`` of :func:`make_manager`: the oldest started save has committed (orbax
+    commits its saves one at a time, in order)."""
+    with self._lock:
+      if self._started:
+        self._committed = self._started.popleft()
+
+  def last_committed(self) -> int | None:
+    """The newest checkpoint known to be committed, from what the saves reported (no storage
+    access: the storage may be what does not answer)."""
+    with self._lock:
+      known = [s for s in (self._committed, self.last_good) if s is not None]
+    return max(known, default=None)
 
   def _failed(self, step: int, e: Exception) -> CheckpointWriteError:
     intact = (f"checkpoint {self.last_good} is intact and the run resumes from it"
@@ -145,6 +169,8 @@ class Saver:
     return self.in_flight
 
   def save(self, step: int, **items: Any) -> None:
+    with self._lock:
+      self._started.append(step)
     try:
       save(self.manager, step, **items)  # first waits for the save in flight, raising its error
     except Exception as e:  # pylint: disable=broad-except  (orbax/tensorstore raise many types)
@@ -165,6 +191,29 @@ class Saver:
       unfinished = self._settle()
       raise self._failed(unfinished if unfinished is not None else -1, e) from e
     self._settle()
+
+
+class SaveClock:
+  """``checkpoint.every_minutes``: a save is due once that many minutes have passed since the
+  last save of any kind (or the start of the launch), next to ``every_steps``, whichever comes
+  first. The loop asks at its log steps; process 0's clock decides and, on a multi-process run,
+  one broadcast gives every process its answer, so all save the same step."""
+
+  def __init__(self, minutes: float, clock: Callable[[], float] | None = None):
+    self.seconds, self._clock = 60.0 * float(minutes), clock or time.monotonic
+    self._last = self._clock()
+
+  def saved(self) -> None:
+    self._last = self._clock()
+
+  def due(self) -> bool:
+    if self.seconds <= 0:
+      return False
+    due = self._clock() - self._last >= self.seconds
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+      due = bool(multihost_utils.broadcast_one_to_all(np.int32(due)))
+    return due
 
 
 def restore(manager: ocp.CheckpointManager, step: int, *, state_template: Any,

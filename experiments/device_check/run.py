@@ -6,8 +6,13 @@ It measures, in one process on the default device:
    (every strategy against the one-read floor), run as a subprocess;
 2. **ViT-B M2D step** in bfloat16 at ``--batch-per-device`` clips per device: step time, clips/s,
    XLA's FLOPs of the step, MFU against the chip's bf16 matmul throughput measured in the same
-   run, and XLA's memory per clip with and without ``model.remat`` (the compiled step's
-   temporaries) next to the activations kept for the backward pass (the VJP's residuals);
+   run and against the peak the training log lines use (``dwm_jax.train.mfu``: the chip's table
+   entry, or a matmul measured at start where there is none), and XLA's memory per clip with
+   and without ``model.remat`` (the compiled step's temporaries) next to the activations kept
+   for the backward pass (the VJP's residuals);
+   **the log lines' MFU**: the same step run by the training loop (``loop.train`` on
+   device-resident batches), its MFU read back from ``metrics.jsonl``, next to the bare step's
+   against the same peak: the two agree when the loop adds nothing to the step;
 3. **loop vs bare step**: ``experiments/loop_overhead/run.py`` at the same size (the full loop's
    clips/s against the bare compiled step's), as a subprocess;
 4. **embedding throughput**: ``experiments/embed_throughput/run.py``: audio hours/s of
@@ -23,10 +28,13 @@ from __future__ import annotations
 
 import argparse
 import csv
+import itertools
+import json
 import os
 import platform
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -36,7 +44,7 @@ import numpy as np
 
 from configs import m2d
 from dwm_jax import timing
-from dwm_jax.train import memory
+from dwm_jax.train import compile_cache, loop, memory, mfu
 from dwm_jax.train import mesh as mesh_lib
 from dwm_jax.train import setup as setup_lib
 from dwm_jax.train import state as state_lib
@@ -86,17 +94,48 @@ def step_measurements(model: str, batch_per_device: int, dtype: str, frames: int
     step_s = timing.median_seconds(one, steps)
     # XLA's FLOP count is of the per-device program: the whole step is that times the devices.
     step_flops = flops * mesh.devices.size
+    log_peak, log_peak_source = mfu.peak_flops(dtype)
     rows.append(dict(
         measure="vit_step", model=model, dtype=dtype, remat=remat, batch=batch,
         devices=mesh.devices.size, step_ms=step_s * 1e3, clips_per_s=batch / step_s,
         gflop_per_clip=step_flops / batch / 1e9,
-        mfu=step_flops / step_s / (peak * mesh.devices.size), compile_s=compile_s,
+        mfu=step_flops / step_s / (peak * mesh.devices.size),
+        mfu_log_peak=flops / step_s / log_peak, log_peak_tflops=log_peak / 1e12,
+        log_peak_source=log_peak_source, compile_s=compile_s,
         needed_gib_per_device=plan.needed_bytes / 2**30,
         temp_mib_per_clip=plan.temp_bytes_per_clip / 2**20,
         residual_mib_per_clip=memory.residual_bytes_per_clip(setup) / 2**20))
     print(rows[-1], flush=True)
     del state  # frees the last state before the next compile
   return rows
+
+
+def loop_mfu(model: str, batch_per_device: int, dtype: str, frames: int, steps: int) -> dict:
+  """The same step run by the training loop on device-resident batches: the MFU its log line
+  and ``metrics.jsonl`` report (one log line, over ``steps`` steps after the first)."""
+  mesh = mesh_lib.data_mesh()
+  batch = batch_per_device * mesh.devices.size
+  config = step_config(model, batch, dtype, False, frames)
+  config.total_steps = config.log_every_steps = steps + 1
+  config.checkpoint.every_steps, config.checkpoint.every_minutes = 10**9, 0.0
+  config.mask_png_every_steps = 0
+  setup = setup_lib.build(config, batch * 100)
+  f, t = setup.input_shape
+  rng = np.random.default_rng(0)
+  batches = [mesh_lib.put_batch({"logmel": rng.normal(size=(batch, f, t)).astype(np.float32)},
+                                mesh) for _ in range(4)]
+  with tempfile.TemporaryDirectory() as workdir:
+    summary = loop.train(config, workdir, batches=itertools.cycle(batches))
+    with open(os.path.join(workdir, "metrics.jsonl")) as fh:
+      row = [json.loads(line) for line in fh][-1]
+  launch = summary["launch"]
+  out = dict(measure="loop_mfu", model=model, dtype=dtype, batch=batch,
+             devices=mesh.devices.size, step_ms=row["step_time"] * 1e3,
+             clips_per_s=row["clips_per_sec"], tflops_per_device=row.get("tflops_per_device"),
+             mfu=row.get("mfu"), log_peak_tflops=launch["peak_flops"] / 1e12,
+             data_wait=row["data_wait"], timed_steps=summary["throughput"]["timed_steps"])
+  print(out, flush=True)
+  return out
 
 
 def run_script(script: Path, args: list[str], timeout: int) -> tuple[int, str]:
@@ -129,15 +168,28 @@ def write(rows: list[dict], out: Path, header: list[str], tables: dict[str, Path
     w.writerows(rows)
   lines = header + ["", "## ViT-B M2D train step", "",
                     "| model | dtype | remat | batch | devices | step ms | clips/s | GFLOP/clip | "
-                    "MFU | XLA temp MiB/clip | residual MiB/clip | GiB/device | compile s |",
-                    "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+                    "MFU (measured matmul) | MFU (log lines' peak) | XLA temp MiB/clip | "
+                    "residual MiB/clip | GiB/device | compile s |",
+                    "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
   for r in rows:
     if r["measure"] == "vit_step":
       lines.append(f"| {r['model']} | {r['dtype']} | {r['remat']} | {r['batch']} | "
                    f"{r['devices']} | {r['step_ms']:.1f} | {r['clips_per_s']:.1f} | "
                    f"{r['gflop_per_clip']:.1f} | {r['mfu'] * 100:.1f}% | "
+                   f"{r['mfu_log_peak'] * 100:.1f}% | "
                    f"{r['temp_mib_per_clip']:.1f} | {r['residual_mib_per_clip']:.1f} | "
                    f"{r['needed_gib_per_device']:.2f} | {r['compile_s']:.0f} |")
+  bare = next((r for r in rows if r["measure"] == "vit_step" and not r["remat"]), None)
+  looped = next((r for r in rows if r["measure"] == "loop_mfu"), None)
+  if bare and looped and looped.get("mfu") is not None:
+    lines += ["", "## The log lines' MFU", "",
+              f"Peak per device: {bare['log_peak_tflops']:.4g} TFLOP/s ({bare['log_peak_source']}). "
+              f"The training loop's log line / metrics.jsonl: **MFU {looped['mfu'] * 100:.1f}%**, "
+              f"{looped['step_ms']:.1f} ms/step, {looped['clips_per_s']:.1f} clips/s, data wait "
+              f"{looped['data_wait'] * 100:.0f}% (over {looped['timed_steps']} steps); the bare "
+              f"step against the same peak: MFU {bare['mfu_log_peak'] * 100:.1f}%, "
+              f"{bare['step_ms']:.1f} ms/step: loop / bare = "
+              f"{looped['mfu'] / bare['mfu_log_peak']:.3f}."]
   steps = {r["remat"]: r for r in rows if r["measure"] == "vit_step"}
   if len(steps) == 2:
     lines += ["", f"remat: XLA temporaries per clip "
@@ -167,6 +219,7 @@ def main(argv=None) -> int:
             f"jax {jax.__version__}, {platform.platform()}, "
             f"{time.strftime('%Y-%m-%d %H:%M:%S')}"]
   t_start = time.perf_counter()
+  compile_cache.configure("auto")  # the loop's run below then loads the step compiled here
   if a.small:
     model, per_device, frames, dtype, mm_n = "tiny", 2, 64, "float32", 512
     mask_args = ["--batch-sizes", "16", "--grids", "5x38", "--strategies", "random,dwm",
@@ -184,6 +237,7 @@ def main(argv=None) -> int:
   header.append(f"matmul peak measured here: {peak / 1e12:.2f} TFLOP/s per device ({dtype})")
   rows = [dict(measure="matmul_peak", dtype=dtype, tflops=peak / 1e12)]
   rows += step_measurements(model, per_device, dtype, frames, a.steps, peak)
+  rows.append(loop_mfu(model, per_device, dtype, frames, a.steps))
   rc_mask, _ = run_script(EXPERIMENTS / "mask_cost" / "run.py",
                           mask_args + ["--out", str(out / "mask_cost")], timeout=600)
   rc_loop, _ = run_script(EXPERIMENTS / "loop_overhead" / "run.py",

@@ -56,6 +56,7 @@ def size_config(size: str, batch: int | None = None):
   if batch:
     c.batch_size = batch
   c.mask_png_every_steps = 0
+  c.compile_cache = "off"  # each round's loop compiles its step afresh, as a first launch does
   c.checkpoint.every_steps = 10**9  # one save, at the end, outside the timed steps
   c.steps_per_epoch = 100
   return c

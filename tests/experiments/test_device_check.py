@@ -28,11 +28,18 @@ def test_device_check_small_on_cpu(tmp_path):
   # remat keeps fewer activations for the backward pass and recomputes (more FLOPs).
   assert float(steps["True"]["residual_mib_per_clip"]) < float(steps["False"]["residual_mib_per_clip"])
   assert float(steps["True"]["gflop_per_clip"]) > float(steps["False"]["gflop_per_clip"])
+  # The log lines' MFU (the loop's metrics.jsonl) next to the bare step's against the same
+  # peak: same units and definition (on this shared CPU the two timings are noisy).
+  looped = next(r for r in rows if r["measure"] == "loop_mfu")
+  bare = steps["False"]
+  assert float(looped["log_peak_tflops"]) == pytest.approx(float(bare["log_peak_tflops"]))
+  assert 0 < float(looped["mfu"]) < 1.5 and 0 < float(bare["mfu_log_peak"]) < 1.5
+  assert 0.2 < float(looped["mfu"]) / float(bare["mfu_log_peak"]) < 5
   sub = next(r for r in rows if r["measure"] == "subprocesses")
   assert sub["mask_cost_rc"] == "0" and sub["loop_overhead_rc"] in ("0", "1")
   text = (tmp_path / "results.md").read_text()
   for section in ("## ViT-B M2D train step", "## Mask cost", "## Loop vs bare step",
-                  "matmul peak measured here"):
+                  "matmul peak measured here", "## The log lines' MFU"):
     assert section in text
   assert (tmp_path / "mask_cost" / "results.csv").is_file()
   assert (tmp_path / "loop_overhead" / "results.csv").is_file()

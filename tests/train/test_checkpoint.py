@@ -132,3 +132,93 @@ def test_late_reports_of_reported_failed_reads_are_dropped(tmp_path, caplog):
     asyncio_log.error("something else went wrong")             # kept
   kept = [r.getMessage() for r in caplog.records if r.name == "asyncio"]
   assert len(kept) == 2 and "checkpoints/6" in kept[0] and kept[1] == "something else went wrong"
+
+
+class _FakeClock:
+  def __init__(self):
+    self.now = 0.0
+
+  def __call__(self) -> float:
+    return self.now
+
+
+def test_save_clock_is_due_every_minutes_since_the_last_save():
+  clock = _FakeClock()
+  every = ckpt.SaveClock(2.0, clock=clock)
+  clock.now = 119.0
+  assert not every.due()
+  clock.now = 120.0
+  assert every.due()
+  every.saved()  # any save restarts the interval
+  clock.now = 200.0
+  assert not every.due()
+  clock.now = 1e6
+  assert not ckpt.SaveClock(0.0, clock=clock).due()  # 0: off
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("compile_cache")
+def test_time_based_checkpoints_resume_exactly(reference_run, tmp_path, monkeypatch):
+  """Step-based saves off (every 1000 steps), a save every minute of a clock that advances 25 s
+  per step: a save at step 4. Stopped after step 5, the rerun (its clock starting with the
+  launch, 40 s per step) resumes from the time-based checkpoint 4, saves 7 (and the end) and
+  ends with the uninterrupted run's parameters."""
+  from dwm_jax.train import loop  # pylint: disable=import-outside-toplevel
+  from .conftest import saved_state  # pylint: disable=import-outside-toplevel
+  clock = _FakeClock()
+  real = ckpt.SaveClock
+  monkeypatch.setattr(ckpt, "SaveClock", lambda minutes: real(minutes, clock=clock))
+  config = tiny_config()
+  config.checkpoint.every_steps, config.checkpoint.every_minutes = 1000, 1.0
+
+  class Stop(Exception):
+    pass
+
+  def hook(done):
+    clock.now += 25.0
+    if done == 5:
+      raise Stop
+
+  workdir = str(tmp_path)
+  with pytest.raises(Stop):
+    loop.train(config, workdir, on_step=hook)
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["4"]
+  summary = loop.train(config, workdir, on_step=lambda done: setattr(
+      clock, "now", clock.now + 40.0))
+  assert summary["resumed_from"] == 4 and summary["step"] == 8
+  assert summary["launch"]["steps_repeated"] == 1  # step 5 was logged, then lost
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["4", "7", "8"]
+  assert_same_tree(saved_state(workdir)[1], reference_run[1])
+
+
+_CLOCK_WORKER = """
+import sys
+from dwm_jax import distributed
+pid, port = int(sys.argv[1]), sys.argv[2]
+distributed.initialize(distributed.resolve(f"localhost:{port}", 2, pid))
+from dwm_jax.train import checkpoint as ckpt
+for due_on in (0, 1):  # only this process's clock says a save is due
+  now = [0.0]
+  clock = ckpt.SaveClock(1.0, clock=lambda: now[0])
+  now[0] = 61.0 if pid == due_on else 0.0
+  print("DUE", due_on, clock.due(), flush=True)
+"""
+
+
+@pytest.mark.slow
+def test_every_process_takes_process_0s_decision():
+  import socket  # pylint: disable=import-outside-toplevel
+  import subprocess  # pylint: disable=import-outside-toplevel
+  import sys  # pylint: disable=import-outside-toplevel
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    port = s.getsockname()[1]
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+  procs = [subprocess.Popen([sys.executable, "-c", _CLOCK_WORKER, str(i), str(port)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+           for i in range(2)]
+  outs = [p.communicate(timeout=300)[0] for p in procs]
+  assert all(p.returncode == 0 for p in procs), outs
+  for out in outs:
+    assert [line for line in out.splitlines() if line.startswith("DUE ")] == [
+        "DUE 0 True", "DUE 1 False"]

@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 import uuid
 
 import numpy as np
@@ -22,12 +23,17 @@ from dwm_jax import paths
 from dwm_jax.data import prepare, synthetic
 from dwm_jax.evaluate import export, probe_cli
 from dwm_jax.evaluate.encoder import load_encoder
+from dwm_jax.testing.tcp_proxy import LatencyProxy
 from dwm_jax.train import checkpoint as ckpt
 from dwm_jax.train import memory
 
 from .conftest import REPO, TINY, assert_same_tree, persistent_cache, saved_state, tiny_config
 
 pytestmark = [pytest.mark.slow]
+
+_EMULATOR_DERIVED = ("TENSORSTORE_GCS_HTTP_URL", "EPATH_USE_TF",
+                     "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "NO_GCE_CHECK",
+                     "GOOGLE_AUTH_TOKEN_FOR_TESTING")
 
 
 def _fs():
@@ -47,10 +53,11 @@ def _run_args(data: dict, workdir: str) -> list[str]:
 
 
 def _config(data: dict):
-  """The config :func:`_run_args` makes, for in-process runs."""
+  """The config :func:`_run_args` makes, plus a profile of step 6, for in-process runs."""
   c = tiny_config()
   c.data.source, c.data.csv, c.data.stats = "npy", data["csv"], data["stats"]
   c.mask_png_every_steps = 4
+  c.profile.start_step, c.profile.num_steps = 5, 1  # a trace of step 6 (changes no result)
   return c
 
 
@@ -100,6 +107,32 @@ KILL_SCRIPT = textwrap.dedent("""
     from dwm_jax import main
     sys.exit(main.main(sys.argv[1:]))
     """)
+
+
+STALL_SCRIPT = textwrap.dedent("""
+    import os, sys, time
+    from dwm_jax.train import loop
+    real, marker = loop.train, sys.argv.pop(1)
+
+    def train(config, workdir, **kwargs):
+      def hook(done):  # after step 5: tell the test, then wait until the bucket is stalled
+        if done == 5:
+          open(marker + ".reached", "w").close()
+          while not os.path.exists(marker):
+            time.sleep(0.05)
+      return real(config, workdir, on_step=hook, **kwargs)
+
+    loop.train = train
+    from dwm_jax import main
+    sys.exit(main.main(sys.argv[1:]))
+    """)
+
+
+def _wait_for(predicate, seconds: float, what: str) -> None:
+  deadline = time.monotonic() + seconds
+  while not predicate():
+    assert time.monotonic() < deadline, f"timed out waiting for {what}"
+    time.sleep(0.1)
 
 
 def _cache_env(cache_dir: str) -> dict:
@@ -163,6 +196,10 @@ def test_logs_and_mask_pngs_land_in_the_bucket(bucket_run, reference, tmp_path):
   assert set(range(5, 9)) <= set(got) and all(got[s] == want[s] for s in got)
   assert paths.listdir(f"{workdir}/masks") == ["step_00000000.png", "step_00000004.png"]
   assert paths.read_bytes(f"{workdir}/masks/step_00000004.png")[:8] == b"\x89PNG\r\n\x1a\n"
+  # The profile of step 6 (by the resumed invocation), written locally, then uploaded.
+  traced = paths.walk_files(f"{workdir}/profile")
+  assert any(p.endswith(".xplane.pb") for p in traced), traced
+  assert any(p.endswith("perfetto_trace.json.gz") for p in traced), traced
   # TensorBoard events: written locally, uploaded at each log step; both invocations' files.
   import tensorflow as tf
   events = paths.glob(f"{workdir}/logs/events.out.tfevents.*")
@@ -229,6 +266,50 @@ def test_damaged_checkpoint_in_the_bucket_is_moved_aside_and_the_run_resumes_exa
   assert _committed(workdir) == {2: True, 4: True, 6: True, 8: True}
 
 
+def test_a_stalled_bucket_ends_the_run_in_bounded_time_with_one_line(
+    gcs, data, reference, cache_dir, tmp_path):
+  """The bucket stops answering (a proxy that holds all traffic) after checkpoint 4 committed:
+  the run exits with status 1 within storage.timeout_seconds plus a margin, with one line naming
+  what it waited for, where, how long, and checkpoint 4; once the bucket answers again, the
+  same command resumes from 4 and ends exactly as the uninterrupted run."""
+  bound = 15
+  workdir = f"{_bucket(gcs, 'stall')}/tiny"
+  marker = str(tmp_path / "stalled")
+  with LatencyProxy("127.0.0.1", gcs.port) as proxy:
+    env = {k: v for k, v in _cache_env(cache_dir).items() if k not in _EMULATOR_DERIVED}
+    env[paths.EMULATOR_ENV] = proxy.url  # the run sees the bucket only through the proxy
+    proc = subprocess.Popen(
+        [sys.executable, "-c", STALL_SCRIPT, marker, *_run_args(data["remote"], workdir),
+         f"--config.storage.timeout_seconds={bound}",
+         "--config.storage.request_timeout_seconds=3"],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+      _wait_for(lambda: os.path.exists(marker + ".reached"), 600, "step 5")
+      _wait_for(lambda: _committed(workdir).get(4), 120, "checkpoint 4 to commit")
+      proxy.pause()
+      t0 = time.monotonic()
+      open(marker, "w").close()
+      _, err = proc.communicate(timeout=bound + 120)
+    finally:
+      proc.kill()
+    waited = time.monotonic() - t0
+    proxy.resume()
+  last = err.strip().splitlines()[-1]
+  assert proc.returncode == 75, err[-3000:]
+  assert "Traceback" not in err, err[-3000:]
+  assert bound <= waited < bound + 30, (waited, last)  # the watchdog polls; a loaded machine
+  assert last.startswith("dwm-jax pretrain: "), last
+  assert ("did not finish: the bucket has not answered for " in last
+          and f"(storage.timeout_seconds={bound}); checkpoint 4 is the last good one. Rerun "
+          "the same command once the bucket answers (it resumes)" in last), last
+  assert _committed(workdir)[4] is True
+  with persistent_cache(cache_dir):
+    summary = main_lib.train_and_evaluate(_config(data["remote"]), workdir)
+  assert summary["resumed_from"] == 4 and summary["step"] == 8
+  assert summary["restarts"]["steps_repeated"] in (0, 1)  # step 5's row, if it was uploaded
+  assert_same_tree(saved_state(workdir)[1], reference[1])
+
+
 @pytest.fixture
 def no_compile(monkeypatch):
   def refuse(*args, **kwargs):
@@ -261,9 +342,7 @@ def test_unreachable_endpoint_fails_at_once_with_one_line(tmp_path):
   """A fresh process with only STORAGE_EMULATOR_HOST set, pointing where nothing listens."""
   from dwm_jax.testing.gcs_server import free_port
   dead = f"http://127.0.0.1:{free_port()}"
-  env = {k: v for k, v in os.environ.items() if k not in (
-      "TENSORSTORE_GCS_HTTP_URL", "EPATH_USE_TF", "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT",
-      "NO_GCE_CHECK", "GOOGLE_AUTH_TOKEN_FOR_TESTING")}
+  env = {k: v for k, v in os.environ.items() if k not in _EMULATOR_DERIVED}
   env[paths.EMULATOR_ENV] = dead
   proc = subprocess.run([sys.executable, "-m", "dwm_jax.cli", "pretrain", "--config", TINY,
                          "--workdir", "gs://bucket/run"], cwd=REPO, env=env,
