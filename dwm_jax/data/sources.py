@@ -25,7 +25,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from dwm_jax import paths
+from dwm_jax import faults, paths
 from dwm_jax.data import audio_io
 from dwm_jax.data.log_mel import EPS, LogMelSpec, log_mel
 
@@ -59,12 +59,40 @@ def put_window(row: np.ndarray, x: np.ndarray, u: float) -> None:
   row[:, stop - start:] = PAD_VALUE
 
 
+# A bucket request that keeps failing is retried for about a minute and a half (0.5, 1, 2, ...
+# 16 s apart), then the storage counts as down (tensorstore's default waits up to 15 minutes).
+BUCKET_RETRIES = {"max_retries": 10, "initial_delay": "0.5s", "max_delay": "16s"}
+# tensorstore status codes that mean the storage failed (after the retries), not the record.
+_STORAGE_DOWN = ("UNAVAILABLE", "ABORTED", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED",
+                 "PERMISSION_DENIED", "UNAUTHENTICATED", "CANCELLED")
+
+
+class StorageUnavailable(faults.Fault):
+  """The data's storage stopped answering: the run stops (its last checkpoint resumes exactly)
+  rather than skip records it could not read."""
+
+
 def tensorstore_context(cache_bytes: int = 0) -> Any:
   """A tensorstore context for one source in one process: up to
-  :data:`BUCKET_REQUESTS_IN_FLIGHT` bucket requests at once, ``cache_bytes`` of cache."""
+  :data:`BUCKET_REQUESTS_IN_FLIGHT` bucket requests at once, :data:`BUCKET_RETRIES`,
+  ``cache_bytes`` of cache."""
   import tensorstore as ts  # pylint: disable=import-outside-toplevel
   return ts.Context({"gcs_request_concurrency": {"limit": BUCKET_REQUESTS_IN_FLIGHT},
+                     "gcs_request_retries": BUCKET_RETRIES,
                      "cache_pool": {"total_bytes_limit": int(cache_bytes)}})
+
+
+def read_error(e: Exception, where: str, scope: str = "record") -> "BadRecord":
+  """A failed tensorstore read of one record -> :class:`BadRecord` ('corrupt' for a checksum
+  or format error, else 'unreadable'); raises :class:`StorageUnavailable` when the storage,
+  not the record, failed: skipping would silently drop data that is there."""
+  text = " ".join(str(e).split())
+  code = text.split(":", 1)[0]
+  if code in _STORAGE_DOWN:
+    raise StorageUnavailable(f"cannot read {where}: {text[:300]}. The storage did not answer "
+                             "after retries: check the network and the bucket, then rerun (the "
+                             "run resumes from its last checkpoint)") from e
+  return BadRecord(where, "corrupt" if code == "DATA_LOSS" else "unreadable", text[:300], scope)
 
 
 def open_kvstore(folder: str, context: Any) -> Any:
@@ -83,10 +111,11 @@ READ_ERRORS = (audio_io.AudioError, OSError, ValueError, EOFError)
 
 
 class BadRecord(Exception):
-  """A record that cannot be turned into a log-mel; ``reason`` names why."""
+  """A record that cannot be turned into a log-mel; ``reason`` names why. ``scope`` is 'record',
+  or the larger unit that failed with it (the sharded layout's 'shard')."""
 
-  def __init__(self, where: str, reason: str, detail: str = ""):
-    self.where, self.reason = where, reason
+  def __init__(self, where: str, reason: str, detail: str = "", scope: str = "record"):
+    self.where, self.reason, self.scope = where, reason, scope
     super().__init__(f"{where}: {reason}" + (f" ({detail})" if detail else ""))
 
 
@@ -159,10 +188,14 @@ class LogMelSource(abc.ABC):
           raise RuntimeError(f"{tries + 1} consecutive records from "
                              f"{self.describe(requests[slot][0])} failed to load; see the log "
                              "for reasons")
-        retry.append((slot, (i + 1) % n, u, tries + 1))
+        retry.append((slot, self.replacement(i, error), u, tries + 1))
       todo = retry
       view = np.empty((len(todo), self.n_mels, frames), np.float32)
     return out
+
+  def replacement(self, index: int, error: BaseException) -> int:  # pylint: disable=unused-argument
+    """The record read instead of ``index``, which failed with ``error``: the next one."""
+    return (index + 1) % len(self)
 
   def _skip(self, index: int, e: BaseException) -> None:
     reason = getattr(e, "reason", type(e).__name__)
@@ -276,8 +309,10 @@ class NpySource(LogMelSource):
           raise BadRecord(path, "missing")
         put_window(row, self._decode(path, io.BytesIO(result.value)), u)
         errors.append(None)
-      except (BadRecord, *READ_ERRORS) as e:
+      except BadRecord as e:
         errors.append(e)
+      except READ_ERRORS as e:
+        errors.append(read_error(e, path))
     return errors
 
 
