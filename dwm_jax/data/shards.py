@@ -256,7 +256,9 @@ class ShardSource(LogMelSource):
         except READ_ERRORS as e:
           plans.append((i, lo, hi, read_error(e, self.describe(i), scope="shard")))
           continue
-        plans.append((i, lo, hi, [store.read(_chunk_key(k), batch=batch)
+        # staleness_bound=0: a cached chunk index is used as it is, never revalidated (a
+        # request per shard and batch); shards are written once and never change.
+        plans.append((i, lo, hi, [store.read(_chunk_key(k), batch=batch, staleness_bound=0)
                                   for k in range(lo // c, (hi - 1) // c + 1)]))
     return [self._put(row, *plan) for row, plan in zip(out, plans)]
 

@@ -89,9 +89,12 @@ class LatencyProxy:
       self._loop.run_forever()
     finally:
       server.close()
-      for task in list(self._tasks):
+      tasks = list(self._tasks)
+      for task in tasks:
         task.cancel()
-      self._loop.run_until_complete(asyncio.sleep(0))
+      # Wait for the cancelled connections to unwind (a closed loop with tasks still pending
+      # prints "Task was destroyed but it is pending!" for each).
+      self._loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
       self._loop.close()
 
   async def _handle(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter):

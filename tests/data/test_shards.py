@@ -5,10 +5,13 @@ import logging
 import os
 import shutil
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import tensorstore as ts
 
+from dwm_jax import paths
 from dwm_jax.data import prepare as prep
 from dwm_jax.data import shards
 from dwm_jax.data.pipeline import make_pretrain_loader
@@ -21,25 +24,26 @@ SHAPE = (80, 64)
 LENGTHS = [40] + [64 + 9 * i for i in range(1, 12)]  # clip 0 is shorter than a crop
 
 
-def write_id_set(root, lengths=LENGTHS, per_shard=4, chunk_frames=16):
+def write_id_set(root: str, lengths=LENGTHS, per_shard=4, chunk_frames=16) -> str:
   """Clip ``i`` holds ``1000 i + frame`` in every bin (float32): a crop names its clip and
-  start. Written with the layout's own writer; 3 shards of 4 clips."""
+  start. Written with the layout's own writer (local or ``gs://``); 3 shards of 4 clips.
+  Returns the clip list."""
   records = []
   for k in range(0, len(lengths), per_shard):
     clips = [{"file_name": f"clip{i:02d}", "frames": n}
              for i, n in enumerate(lengths[k:k + per_shard], start=k)]
     x = np.concatenate([np.broadcast_to(1000.0 * int(c["file_name"][4:]) + np.arange(c["frames"]),
                                         (80, c["frames"])) for c in clips], axis=1)
-    shards.write_shard(str(root / shards.shard_name(k // per_shard)), x.astype(np.float32),
+    shards.write_shard(paths.join(root, shards.shard_name(k // per_shard)), x.astype(np.float32),
                        chunk_frames)
     records.append({"shard": k // per_shard, "frames": x.shape[1], "clips": clips})
-  shards.write_manifest(str(root), records, n_mels=80, dtype="float32", chunk_frames=chunk_frames)
-  return root / shards.CLIPS
+  shards.write_manifest(root, records, n_mels=80, dtype="float32", chunk_frames=chunk_frames)
+  return paths.join(root, shards.CLIPS)
 
 
 @pytest.fixture
 def id_shards(tmp_path):
-  return write_id_set(tmp_path)
+  return Path(write_id_set(str(tmp_path)))
 
 
 def id_cfg(csv_path, **kw):

@@ -229,6 +229,32 @@ def test_damaged_checkpoint_in_the_bucket_is_moved_aside_and_the_run_resumes_exa
   assert _committed(workdir) == {2: True, 4: True, 6: True, 8: True}
 
 
+def test_sharded_data_in_a_bucket_resumes_exactly(gcs, data, reference, cache_dir, tmp_path):
+  """The same WAVs prepared with --layout shards straight into a bucket: the run stopped by
+  SIGTERM after step 3 and resumed ends exactly as the uninterrupted run on the local .npy files
+  (the same float16 log-mels, so the same batches)."""
+  from dwm_jax.train import loop  # pylint: disable=import-outside-toplevel
+  root = os.path.dirname(os.path.dirname(data["local"]["csv"]))
+  out = f"{_bucket(gcs, 'shards')}/prepared"
+  report = prepare.prepare_shards(os.path.join(root, "synth"), out, workers=0,
+                                  clips_per_shard=10, chunk_frames=16, progress=False)
+  assert report["converted"] == 32 and report["shards"] == 4
+  c = _config(data["remote"])
+  c.data.source, c.data.csv = "shards", f"{out}/clips.csv"
+  workdir = str(tmp_path / "run")
+
+  def sigterm_after_3(done):
+    if done == 3:
+      os.kill(os.getpid(), signal.SIGTERM)
+
+  with persistent_cache(cache_dir):
+    first = loop.train(c, workdir, on_step=sigterm_after_3)
+    assert first["preempted"] and first["step"] == 4
+    second = loop.train(c, workdir)
+  assert second["resumed_from"] == 4 and second["step"] == 8
+  assert_same_tree(saved_state(workdir)[1], reference[1])
+
+
 @pytest.fixture
 def no_compile(monkeypatch):
   def refuse(*args, **kwargs):
