@@ -37,12 +37,13 @@ from pathlib import Path
 
 import numpy as np
 
-from dwm_jax import console, paths
+from dwm_jax import console, faults, paths
 from dwm_jax.data import audio_io, shards
 from dwm_jax.data.log_mel import LogMelSpec, log_mel
 from dwm_jax.data.stats import RunningStats, save_stats
 
 LAYOUTS = ("npy", "shards")
+PROG = "dwm-jax prepare"
 
 log = logging.getLogger(__name__)
 
@@ -297,7 +298,7 @@ def format_report(report: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-  p = argparse.ArgumentParser(prog="dwm-jax prepare", description=__doc__.split("\n")[0])
+  p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n")[0])
   p.add_argument("src_dir")
   p.add_argument("out_dir")
   p.add_argument("--layout", choices=LAYOUTS, default="npy",
@@ -319,10 +320,20 @@ def main(argv: list[str] | None = None) -> int:
   console.setup_logging("warning")
   common = dict(workers=args.workers, dtype=args.dtype, min_seconds=args.min_seconds,
                 silence=args.silence, progress=not args.no_progress)
-  if args.layout == "shards":
-    report = prepare_shards(args.src_dir, args.out_dir, clips_per_shard=args.clips_per_shard,
-                            chunk_frames=args.chunk_frames, **common)
-  else:
-    report = prepare(args.src_dir, args.out_dir, **common)
+  try:
+    if args.layout == "shards":
+      report = prepare_shards(args.src_dir, args.out_dir, clips_per_shard=args.clips_per_shard,
+                              chunk_frames=args.chunk_frames, **common)
+    else:
+      report = prepare(args.src_dir, args.out_dir, **common)
+  except faults.Fault as e:  # a bucket that is missing, unreachable or refuses the credentials
+    return console.report_fault(PROG, e)
+  except (FileNotFoundError, NotADirectoryError, ValueError) as e:  # the request as given
+    print(f"{PROG}: {e}", file=sys.stderr)
+    return 2
+  except OSError as e:  # e.g. the disk filled: what is finished is kept
+    print(f"{PROG}: {faults.one_line(e)}; rerun the same command to finish (finished outputs "
+          "are kept)", file=sys.stderr)
+    return 1
   print(format_report(report))
   return 0

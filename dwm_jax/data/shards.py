@@ -39,7 +39,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from dwm_jax import paths
+from dwm_jax import faults, paths
 from dwm_jax.data.sources import (PAD_VALUE, READ_ERRORS, BadRecord, LogMelSource, Request,
                                   read_error, tensorstore_context, window)
 
@@ -53,6 +53,11 @@ CHUNK_FRAMES = 64
 # chunk index entry costs in memory (offset and length, uint64 each).
 SHARD_KEY = "c/0/0"
 INDEX_BYTES_PER_CHUNK = 16
+
+
+class ShardSetError(faults.UsageFault):
+  """A prepared shard set that cannot be read as given: no manifest (an unfinished prepare),
+  wrong columns, another layout version or number of mel bins."""
 
 
 def shard_name(shard: int) -> str:
@@ -144,32 +149,39 @@ def read_manifest(csv_path: str) -> tuple[dict, dict[str, np.ndarray]]:
   root = paths.parent(csv_path)
   manifest_path = paths.join(root, MANIFEST)
   if not paths.isfile(csv_path):
-    raise FileNotFoundError(f"clip list not found: {csv_path}")
+    raise ShardSetError(f"clip list not found: {csv_path}")
   if not paths.isfile(manifest_path):
-    raise FileNotFoundError(f"{manifest_path} not found: {csv_path} is not in a folder written "
-                            "by `dwm-jax prepare --layout shards` (or that run did not finish: "
-                            "rerun it to complete the set)")
-  manifest = json.loads(paths.read_text(manifest_path))
+    raise ShardSetError(f"{manifest_path} not found: {csv_path} is not in a folder written by "
+                        "`dwm-jax prepare --layout shards`, or that run did not finish (rerun "
+                        "it to complete the set)")
+  try:
+    manifest = json.loads(paths.read_text(manifest_path))
+  except ValueError as e:
+    raise ShardSetError(f"{manifest_path}: not JSON ({e})") from e
   if manifest.get("layout") != LAYOUT or manifest.get("version") != VERSION:
-    raise ValueError(f"{manifest_path}: not a version-{VERSION} '{LAYOUT}' manifest")
+    raise ShardSetError(f"{manifest_path}: not a version-{VERSION} '{LAYOUT}' manifest; prepare "
+                        "the set with this version")
   reader = csv.reader(io.StringIO(paths.read_text(csv_path), newline=""))
   header = next(reader, None)
   if header != ["file_name", "shard", "offset", "frames"]:
-    raise ValueError(f"{csv_path}: needs the columns file_name,shard,offset,frames, has {header}")
+    raise ShardSetError(f"{csv_path}: needs the columns file_name,shard,offset,frames, has "
+                        f"{header}")
   rows = list(reader)
   if not rows:
-    raise ValueError(f"{csv_path}: no clips listed")
-  names, shard, offset, frames = zip(*rows)
-  clips = {"file_name": np.array(names, dtype=np.bytes_),
-           "shard": np.array(shard, np.int32), "offset": np.array(offset, np.int64),
-           "frames": np.array(frames, np.int64)}
+    raise ShardSetError(f"{csv_path}: no clips listed")
+  try:
+    names, shard, offset, frames = zip(*rows)
+    clips = {"file_name": np.array(names, dtype=np.bytes_),
+             "shard": np.array(shard, np.int64), "offset": np.array(offset, np.int64),
+             "frames": np.array(frames, np.int64)}
+  except ValueError as e:
+    raise ShardSetError(f"{csv_path}: unreadable rows ({e})") from e
   shard_frames = np.array([s["frames"] for s in manifest["shards"]], np.int64)
   if (clips["shard"].min() < 0 or clips["shard"].max() >= len(shard_frames) or
-      np.any(np.diff(clips["shard"]) < 0) or
-      np.any(clips["frames"] < 1) or
+      np.any(np.diff(clips["shard"]) < 0) or np.any(clips["frames"] < 1) or
       np.any(clips["offset"] + clips["frames"] > shard_frames[clips["shard"]])):
-    raise ValueError(f"{csv_path}: clips out of shard order or outside their shards; does it "
-                     f"belong to {manifest_path}?")
+    raise ShardSetError(f"{csv_path}: clips out of shard order or outside their shards; does it "
+                        f"belong to {manifest_path}?")
   return manifest, clips
 
 
@@ -184,8 +196,8 @@ class ShardSource(LogMelSource):
     self.manifest, clips = read_manifest(csv_path)
     m = self.manifest
     if int(m["n_mels"]) != n_mels:
-      raise ValueError(f"{csv_path}: the shards hold {m['n_mels']} mel bins, the model wants "
-                       f"{n_mels}")
+      raise ShardSetError(f"{csv_path}: the shards hold {m['n_mels']} mel bins, the model wants "
+                          f"{n_mels} (model.input_shape)")
     self.names, self.shard = clips["file_name"], clips["shard"]
     self.offset, self.frames = clips["offset"], clips["frames"]
     self.n_mels, self.chunk_frames = n_mels, int(m["chunk_frames"])
@@ -208,10 +220,11 @@ class ShardSource(LogMelSource):
     try:
       got = json.loads(paths.read_text(path))
     except (OSError, ValueError) as e:
-      raise FileNotFoundError(f"cannot read {path} ({e}); is the set complete?") from e
+      raise ShardSetError(f"cannot read {path} ({faults.one_line(e)}); is the set complete?") \
+          from e
     if _layout_of(got) != _layout_of(want):
-      raise ValueError(f"{path}: not the shard layout this reader knows ({LAYOUT} v{VERSION}); "
-                       "prepare the set again with this version")
+      raise ShardSetError(f"{path}: not the shard layout this reader knows ({LAYOUT} "
+                          f"v{VERSION}); prepare the set again with this version")
 
   def __len__(self) -> int:
     return len(self.frames)

@@ -163,17 +163,17 @@ def test_missing_shard_object_and_bad_manifests(id_shards, tmp_path):
   out = src.batch([(5, 0.0)], 64)
   assert decode(out)[0] == [8] and src.skipped == {"missing": 1}
   (root / shards.MANIFEST).rename(tmp_path / "m.json")
-  with pytest.raises(FileNotFoundError, match="manifest.json not found.*--layout shards"):
+  with pytest.raises(shards.ShardSetError, match="manifest.json not found.*--layout shards"):
     ShardSource(id_shards)
   (tmp_path / "m.json").rename(root / shards.MANIFEST)
-  with pytest.raises(ValueError, match="the shards hold 80 mel bins, the model wants 64"):
+  with pytest.raises(shards.ShardSetError, match="the shards hold 80 mel bins, the model wants 64"):
     ShardSource(id_shards, n_mels=64)
   lines = id_shards.read_text().splitlines()
   id_shards.write_text("\n".join([lines[0], lines[5], lines[1]]) + "\n")
-  with pytest.raises(ValueError, match="out of shard order"):
+  with pytest.raises(shards.ShardSetError, match="out of shard order"):
     ShardSource(id_shards)
   id_shards.write_text("file_name,offset\nx,0\n")
-  with pytest.raises(ValueError, match="file_name,shard,offset,frames"):
+  with pytest.raises(shards.ShardSetError, match="file_name,shard,offset,frames"):
     ShardSource(id_shards)
 
 
@@ -202,3 +202,14 @@ def test_prepare_shards_reports_skips_and_resumes(tmp_path):
   assert again["already_done"] + again["converted"] == 4 and again["converted"] >= 1
   assert {p: p.read_bytes() for p in objects} == objects
   assert mtimes[out / "shards/00000.json"] == (out / "shards/00000.json").stat().st_mtime_ns
+
+
+def test_prepare_errors_are_one_line(tmp_path, capsys):
+  assert prep.main([str(tmp_path / "missing"), str(tmp_path / "out"), "--layout", "shards",
+                    "--no-progress"]) == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert err == [f"dwm-jax prepare: audio folder not found: {tmp_path / 'missing'}"]
+  (tmp_path / "src").mkdir()
+  assert prep.main([str(tmp_path / "src"), str(tmp_path / "out"), "--layout", "shards",
+                    "--clips-per-shard", "0"]) == 2
+  assert "clips_per_shard (0)" in capsys.readouterr().err

@@ -46,18 +46,23 @@ def remote_set(gcs, synth_dir):
   return f"{out}/{shards.CLIPS}"
 
 
-@pytest.mark.slow
 def test_bucket_shards_read_as_local_npy_and_resume_exactly(remote_set, prepared_dir):
   npy = data_cfg(source="npy", csv=str(prepared_dir / "files.csv"))
   full, _ = take(loader(npy, seed=4), 8)
-  # Interrupted after 3 batches and restored, with a grain worker process reading the bucket.
-  remote = data_cfg(source="shards", csv=remote_set, num_workers=1, prefetch=2)
-  first, it = take(loader(remote, seed=4), 3)
-  state = it.get_state()
-  it.close()
-  rest, it = take(loader(remote, seed=4), 5, state=state)
-  it.close()
+  remote = data_cfg(source="shards", csv=remote_set, prefetch=2)
+  first, it = take(loader(remote, seed=4), 3)  # interrupted after 3 batches, then restored
+  rest, _ = take(loader(remote, seed=4), 5, state=it.get_state())
   for x, y in zip(full, first + rest):
+    np.testing.assert_array_equal(x, y)
+
+
+@pytest.mark.slow
+def test_a_grain_worker_reads_the_bucket_shards(remote_set, prepared_dir):
+  """The source pickled into a worker process opens its own stores there."""
+  full, _ = take(loader(data_cfg(source="npy", csv=str(prepared_dir / "files.csv")), seed=4), 4)
+  got, it = take(loader(data_cfg(source="shards", csv=remote_set, num_workers=1), seed=4), 4)
+  it.close()
+  for x, y in zip(full, got):
     np.testing.assert_array_equal(x, y)
 
 
