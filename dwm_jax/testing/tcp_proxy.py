@@ -112,6 +112,8 @@ class LatencyProxy:
       await asyncio.gather(self._pump(client_r, server_w, up=True),
                            self._pump(server_r, client_w, up=False),
                            return_exceptions=True)
+    except asyncio.CancelledError:
+      pass  # stop() drops the connection; ending quietly keeps asyncio from logging each one
     finally:
       self._tasks.discard(task)
 
