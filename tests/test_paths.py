@@ -93,3 +93,17 @@ def test_bucket_checks(gcs, bucket, monkeypatch):
   with pytest.raises(paths.StorageError, match=f"cannot reach the storage endpoint {dead} "):
     paths.check_bucket(f"gs://not-checked-yet-{uuid.uuid4().hex[:6]}")
   paths.check_bucket(bucket)  # a bucket that passed once is not asked again
+
+
+def test_kvstore_spec_names_folders_for_tensorstore(tmp_path, bucket):
+  import tensorstore as ts  # pylint: disable=import-outside-toplevel
+  local = paths.kvstore_spec(tmp_path / "d")
+  assert local == {"driver": "file", "path": str(tmp_path / "d") + "/"}
+  assert paths.kvstore_spec(f"{bucket}/a/b/") == {"driver": "gcs", "bucket": bucket[5:],
+                                                  "path": "a/b/"}
+  assert paths.kvstore_spec(bucket) == {"driver": "gcs", "bucket": bucket[5:], "path": ""}
+  paths.write_text(f"{bucket}/a/b/x.txt", "hello")  # keys are relative to the folder
+  store = ts.KvStore.open(paths.kvstore_spec(f"{bucket}/a")).result()
+  assert store.read("b/x.txt").result().value == b"hello"
+  with pytest.raises(ValueError, match="local folders and gs:// buckets only"):
+    paths.kvstore_spec("s3://bucket/x")

@@ -17,15 +17,14 @@ What ``dwm-jax prepare SRC OUT --layout shards`` writes (OUT local or ``gs://``)
 
 Chunks that span every mel bin, stored in time order, make a crop of ``T`` frames one contiguous
 byte range: a read fetches the chunks that overlap it, about ``(T + chunk_frames) x n_mels x 2``
-bytes (for 608 frames, 64-frame chunks and float16, 107 kB against the crop's 97 kB), in one
+bytes (for 608 frames, 64-frame chunks and float16, 108 kB against the crop's 97 kB), in one
 request; each chunk is ``[n_mels, chunk_frames]``, the model's orientation, so it is copied into
-the batch without a transpose. The reader goes
-through tensorstore's ``zarr3_sharding_indexed`` key-value store: the chunk index of each shard
-is read once and cached (16 bytes a chunk), the chunks themselves are not cached, and the chunks
-of a batch's crops are requested together (tensorstore joins neighbouring ones into one
-request). Any Zarr v3 reader (tensorstore's ``zarr3`` driver, zarr-python) opens a shard as an
-ordinary array. ``docs/data.md`` gives the measurements behind this choice (ArrayRecord, the
-other candidate, issues one open-ended request per record from a bucket).
+the batch without a transpose. The reader goes through tensorstore's ``zarr3_sharding_indexed``
+key-value store: the chunk index of each shard is read once and cached (16 bytes a chunk), the
+chunks themselves are not cached, and the chunks of a batch's crops are requested together
+(tensorstore joins neighbouring ones into one request). tensorstore's ``zarr3`` driver opens a
+shard as an ordinary array. ``docs/data.md`` gives the measurements behind this choice
+(ArrayRecord, the other candidate, issues one open-ended request per record from a bucket).
 """
 from __future__ import annotations
 
@@ -203,6 +202,10 @@ class ShardSource(LogMelSource):
     self.n_mels, self.chunk_frames = n_mels, int(m["chunk_frames"])
     self.dtype = np.dtype(m["dtype"])
     self.shard_chunks = [-(-int(s["frames"]) // self.chunk_frames) for s in m["shards"]]
+    try:
+      paths.kvstore_spec(self.root)  # read with tensorstore: local or gs://
+    except ValueError as e:
+      raise ShardSetError(f"{e}; copy the set there") from e
     self._check_first_shard()
     self._open_lock = threading.Lock()
     self._open_stores: dict[int, Any] = {}
