@@ -62,9 +62,9 @@ class Bucket:
 
   def check(self) -> None:
     """Raises if the server or the proxy has exited (a loader would wait on its retries)."""
-    if self.server._proc.poll() is not None or not self._proc.is_alive():  # pylint: disable=protected-access
-      raise RuntimeError("the test bucket's server or proxy exited; see "
-                         f"{self.server._log.name}")  # pylint: disable=protected-access
+    # pylint: disable=protected-access
+    if self.server._proc.poll() is not None or not self._proc.is_alive():
+      raise RuntimeError(f"the test bucket's server or proxy exited; see {self.server._log.name}")
 
   def cpu_seconds(self) -> float:
     """CPU time the server and the proxy have used so far."""

@@ -46,7 +46,8 @@ FIELDS = ("candidate", "latency_ms", "kb_per_crop", "requests_per_crop", "ms_per
 
 def make_sets(bucket: Bucket, tmp: Path, clips: list[np.ndarray]) -> dict:
   """Writes every candidate layout of ``clips``; returns how to read a batch from each."""
-  from array_record.python.array_record_module import ArrayRecordWriter  # pylint: disable=import-outside-toplevel
+  # pylint: disable=import-outside-toplevel
+  from array_record.python.array_record_module import ArrayRecordWriter
   root = f"{bucket.url}/candidates"
   records = []
   for k in range(CLIPS // PER_SHARD):
@@ -109,7 +110,8 @@ class ArrayRecordSet:
   """A shard file per ``PER_SHARD`` clips; ``per_clip`` records per clip (1: whole clips)."""
 
   def __init__(self, folder: str, per_clip: int):
-    from array_record.python.array_record_module import ArrayRecordReader  # pylint: disable=import-outside-toplevel
+    # pylint: disable=import-outside-toplevel
+    from array_record.python.array_record_module import ArrayRecordReader
     self.per_clip = per_clip
     self.readers = [ArrayRecordReader(f"{folder}/{k}.array_record",
                                       "readahead_buffer_size:0,max_parallelism:16")
@@ -132,6 +134,17 @@ class ArrayRecordSet:
     return list(self.pool.map(one, requests))
 
 
+def wait_until_quiet(bucket: Bucket, seconds: float = 0.3) -> None:
+  """Returns once nothing has crossed the proxy for ``seconds``."""
+  before = bucket.counters()["bytes_down"]
+  while True:
+    time.sleep(seconds)
+    now = bucket.counters()["bytes_down"]
+    if now == before:
+      return
+    before = now
+
+
 def main(argv: list[str] | None = None) -> int:
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--latency-ms", default="0,30")
@@ -151,10 +164,10 @@ def main(argv: list[str] | None = None) -> int:
     readers = {
         "zarr3 + sharding store (chosen)": shards.ShardSource(sets["zarr"]),
         "zarr3 driver": ZarrDriver(sets["zarr"]),
+        ".npy per clip": sources.NpySource(sets["npy"]),
         "ArrayRecord, a clip per record": ArrayRecordSet(sets["ar-whole"], 1),
         "ArrayRecord, 64 frames per record": ArrayRecordSet(sets["ar-blocks"],
                                                             -(-LENGTH // BLOCK)),
-        ".npy per clip": sources.NpySource(sets["npy"]),
     }
     for lat in [int(v) for v in args.latency_ms.split(",")]:
       bucket.set_latency(lat / 1e3)
@@ -164,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         for _ in range(args.rounds):
           requests = [(int(i), float(u)) for i, u in zip(rng.permutation(CLIPS),
                                                          rng.random(CLIPS))]
+          wait_until_quiet(bucket)  # ArrayRecord's abandoned streams are still arriving
           bucket.reset()
           t0 = time.perf_counter()
           out = reader.batch(requests, FRAMES)
