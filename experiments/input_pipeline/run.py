@@ -25,7 +25,7 @@ Then a table on paper: what an 8 x H100 host, a TPU v5e-8 host and a v4-32 slice
 (clips/s, cores, network, requests/s) for each layout, from the measured per-clip figures.
 Writes ``results.csv``, ``results.md`` and ``sizing.csv`` to ``--out``.
 
-  python experiments/input_pipeline/run.py           # 1024 clips, 3 rounds (9 min on 2 busy cores)
+  python experiments/input_pipeline/run.py           # 1024 clips, 3 rounds (7-9 min on 2 busy cores)
   python experiments/input_pipeline/run.py --small   # 64 clips, 1 round of 2 batches (the test)
 """
 from __future__ import annotations
