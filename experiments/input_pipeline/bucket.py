@@ -43,17 +43,21 @@ class Bucket:
   def __init__(self, root: Path, name: str = "audio-data"):
     shutil.rmtree(root, ignore_errors=True)  # a new, empty bucket
     self.server = FakeGcs(str(root))
-    self._conn, child = multiprocessing.get_context("spawn").Pipe()
-    self._proc = multiprocessing.get_context("spawn").Process(
-        target=_proxy_main, args=(child, self.server.port), daemon=True)
-    self._proc.start()
-    port = self._conn.recv()
-    self.pids = {self.server._proc.pid, self._proc.pid}  # pylint: disable=protected-access
-    for var in _DERIVED:
-      os.environ.pop(var, None)
-    os.environ[paths.EMULATOR_ENV] = f"http://127.0.0.1:{port}"
-    paths.configure_emulator()
-    self.url = self.server.make_bucket(name)
+    try:
+      self._conn, child = multiprocessing.get_context("spawn").Pipe()
+      self._proc = multiprocessing.get_context("spawn").Process(
+          target=_proxy_main, args=(child, self.server.port), daemon=True)
+      self._proc.start()
+      port = self._conn.recv()
+      self.pids = {self.server._proc.pid, self._proc.pid}  # pylint: disable=protected-access
+      for var in _DERIVED:
+        os.environ.pop(var, None)
+      os.environ[paths.EMULATOR_ENV] = f"http://127.0.0.1:{port}"
+      paths.configure_emulator()
+      self.url = self.server.make_bucket(name)
+    except BaseException:
+      self.server.stop()  # no server left behind
+      raise
 
   def _call(self, command: str, arg=None) -> dict:
     self.check()
