@@ -5,8 +5,9 @@
 
 Argument keys (all optional): ``mask`` in random, dwm (MAD), dwm_var (variance), dwm_topk,
 inverse_block, informed (default dwm); ``model`` in tiny, small, base, large (default base);
-``data`` in npy (files prepared by ``dwm-jax prepare``), audio (raw audio decoded on the fly),
-tfds, synthetic (default npy). Paths and every other field: ``--config.FIELD=VALUE``.
+``data`` in npy (files prepared by ``dwm-jax prepare``), shards (``dwm-jax prepare --layout
+shards``: large sets, buckets, pods), audio (raw audio decoded on the fly), tfds, synthetic
+(default npy). Paths and every other field: ``--config.FIELD=VALUE``.
 """
 from dwm_jax import config as config_lib
 

@@ -10,7 +10,7 @@ uses): with ``EPATH_USE_TF=false`` (or without TensorFlow) its ``gs://`` backend
 - queries: :func:`exists`, :func:`isfile`, :func:`isdir`, :func:`listdir`, :func:`glob`,
   :func:`walk_files`;
 - reads (streamed, never copied to local disk first): :func:`open`, :func:`read_bytes`,
-  :func:`read_text`;
+  :func:`read_text`; :func:`kvstore_spec` names a folder for tensorstore (many reads in flight);
 - writes: :func:`write_bytes` / :func:`write_text` are atomic (local: a temporary file renamed
   over the target; a bucket: one object upload, which appears whole or not at all) and create
   parent folders; :func:`makedirs`, :func:`copy_file`, :func:`remove`, :func:`rmtree`;
@@ -273,6 +273,22 @@ def open(path: Any, mode: str = "rb") -> IO:  # pylint: disable=redefined-builti
     check_bucket(path)
     return _epath(path).open(mode)
   return builtins.open(path, mode)
+
+
+def kvstore_spec(folder: Any) -> dict:
+  """The tensorstore key-value store of a local folder or a ``gs://`` prefix, for readers that
+  keep many reads in flight at once (the input pipeline): ``{"driver": "file", "path": ...}`` or
+  ``{"driver": "gcs", "bucket": ..., "path": ...}``, keys relative to ``folder``. The bucket is
+  checked first; an emulator is found through ``TENSORSTORE_GCS_HTTP_URL`` (see
+  :func:`configure_emulator`). Raises ``ValueError`` for schemes tensorstore does not read."""
+  folder = os.fspath(folder)
+  if not is_remote(folder):
+    return {"driver": "file", "path": os.path.abspath(folder).rstrip(os.sep) + "/"}
+  if not folder.startswith("gs://"):
+    raise ValueError(f"{folder}: tensorstore reads local folders and gs:// buckets only")
+  check_bucket(folder)
+  bucket, _, key = folder[len("gs://"):].partition("/")
+  return {"driver": "gcs", "bucket": bucket, "path": key.strip("/") + "/" if key.strip("/") else ""}
 
 
 def read_bytes(path: Any) -> bytes:

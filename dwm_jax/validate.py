@@ -169,10 +169,11 @@ def _exists(c: _Checker, field: str, kind: str) -> None:
 def _check_data(c: _Checker) -> None:
   source = c.check("data.source", lambda v: v in SOURCES,
                    f"unknown data source {{v!r}}; valid: {', '.join(SOURCES)}")
-  if source == "npy":
+  if source in ("npy", "shards"):
+    written = "`dwm-jax prepare`" if source == "npy" else "`dwm-jax prepare --layout shards`"
     if not c.get("data.csv"):
-      c.fail("data.csv", "required for data.source='npy' (the file list written by "
-             "`dwm-jax prepare`)")
+      c.fail("data.csv", f"required for data.source={source!r} (the file list written by "
+             f"{written})")
     else:
       _exists(c, "data.csv", "file")
   elif source == "audio":

@@ -152,3 +152,17 @@ def test_a_stalled_request_times_out_and_is_retried_until_the_bucket_answers(gcs
   retries = [line for line in err.splitlines() if "retrying after exception" in line]
   assert retries and all("Timeout" in line for line in retries), err[-2000:]
   assert 4.0 <= float(seconds) < 40
+
+
+def test_kvstore_spec_names_folders_for_tensorstore(tmp_path, bucket):
+  import tensorstore as ts  # pylint: disable=import-outside-toplevel
+  local = paths.kvstore_spec(tmp_path / "d")
+  assert local == {"driver": "file", "path": str(tmp_path / "d") + "/"}
+  assert paths.kvstore_spec(f"{bucket}/a/b/") == {"driver": "gcs", "bucket": bucket[5:],
+                                                  "path": "a/b/"}
+  assert paths.kvstore_spec(bucket) == {"driver": "gcs", "bucket": bucket[5:], "path": ""}
+  paths.write_text(f"{bucket}/a/b/x.txt", "hello")  # keys are relative to the folder
+  store = ts.KvStore.open(paths.kvstore_spec(f"{bucket}/a")).result()
+  assert store.read("b/x.txt").result().value == b"hello"
+  with pytest.raises(ValueError, match="local folders and gs:// buckets only"):
+    paths.kvstore_spec("s3://bucket/x")

@@ -45,8 +45,10 @@ CASES = [
     (_set(objective__predictor_heads=7), "objective.predictor_heads: predictor_dim 512 is not "
      "divisible by 7 heads"),
     (_set(data__source="s3"), "data.source: unknown data source 's3'; valid: synthetic, npy, "
-     "audio, tfds"),
+     "shards, audio, tfds"),
     (_set(data__source="npy"), "data.csv: required for data.source='npy'"),
+    (_set(data__source="shards"), "data.csv: required for data.source='shards' (the file list "
+     "written by `dwm-jax prepare --layout shards`)"),
     (_set(data__source="npy", data__csv="/nonexistent/files.csv"),
      "data.csv: file '/nonexistent/files.csv' does not exist"),
     (_set(data__source="audio", data__root="/nonexistent/audio"),

@@ -2,14 +2,21 @@
 
 Graph (``grain.MapDataset``, lazily evaluated per index, then an ``IterDataset``)::
 
-  source[i] -> shuffle(seed) -> repeat(num_epochs) -> random_map(crop + normalise, seed)
-    -> [process_index::process_count] -> batch(B_local, drop_remainder) -> threads / processes
+  range(len(source)) -> shuffle(seed) -> repeat(num_epochs) -> random_map(draw the window, seed)
+    -> [process_index::process_count] -> batch(B_local, read the batch's windows at once)
+    -> threads / processes
 
 - ``shuffle`` before ``repeat``: grain reseeds the permutation with the epoch number, so every
   epoch has its own order, and epochs never mix inside one permutation.
-- The crop is a ``random_map`` after ``repeat``: its generator is seeded by (seed, global position
-  in the stream), so a clip is cropped differently every epoch, identically on every rerun, and
-  independently of the number of processes or workers.
+- The window is drawn by a ``random_map`` after ``repeat``, before anything is read: a number
+  ``u`` in [0, 1) seeded by (seed, global position in the stream), so a clip is cropped
+  differently every epoch, identically on every rerun, and independently of the number of
+  processes or workers; the source turns ``u`` into the window (:func:`sources.window`), so a
+  layout that reads by range (the sharded one) reads only the window's bytes.
+- The batch reads its clips itself, all at once (:meth:`sources.LogMelSource.batch`): each
+  prefetch thread keeps ``B_local`` reads in flight, so a bucket's latency is paid once per
+  batch. A batch is still one element of the ``MapDataset``, so worker processes take whole
+  batches and a batch holds the same clips with any number of workers.
 - Sharding slices the global stream, so the union of the processes' batches ``b`` is exactly the
   single-process global batch ``b`` (disjoint, covering; every host takes the same step count).
 - Iterators of the returned dataset support ``get_state()`` / ``set_state(state)`` (a small
@@ -23,21 +30,20 @@ import dataclasses
 import json
 import logging
 import math
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import grain
 import numpy as np
 
 from dwm_jax import paths
-from dwm_jax.data.log_mel import EPS, LogMelSpec
-from dwm_jax.data.sources import AudioSource, LogMelSource, NpySource, SyntheticSource
+from dwm_jax.data.log_mel import LogMelSpec
+from dwm_jax.data.sources import (PAD_VALUE, AudioSource, LogMelSource, NpySource, Request,
+                                  SyntheticSource)
 from dwm_jax.data.stats import RunningStats, Stats, load_stats
 
 log = logging.getLogger(__name__)
 
-SOURCES = ("synthetic", "npy", "audio", "tfds")
-# Value of silence (zero power) in raw log-mel; short clips are padded with it.
-PAD_VALUE = float(np.log(np.float32(EPS)))
+SOURCES = ("synthetic", "npy", "shards", "audio", "tfds")
 
 
 def make_source(data_cfg, n_mels: int = 80) -> LogMelSource:
@@ -51,6 +57,12 @@ def make_source(data_cfg, n_mels: int = 80) -> LogMelSource:
     if not data_cfg.csv:
       raise ValueError("data.source='npy' needs data.csv (the files.csv written by prepare)")
     return NpySource(data_cfg.csv, n_mels=n_mels)
+  if name == "shards":
+    if not data_cfg.csv:
+      raise ValueError("data.source='shards' needs data.csv (the clips.csv written by prepare "
+                       "--layout shards)")
+    from dwm_jax.data.shards import ShardSource  # tensorstore only when asked for
+    return ShardSource(data_cfg.csv, n_mels=n_mels)
   if name == "audio":
     if not (data_cfg.csv or data_cfg.root):
       raise ValueError("data.source='audio' needs data.csv or data.root")
@@ -94,15 +106,24 @@ def crop_or_pad(x: np.ndarray, frames: int, rng: np.random.Generator) -> np.ndar
   return np.pad(x, ((0, 0), (0, frames - t)), constant_values=PAD_VALUE)
 
 
-class CropNormalize:
-  """``random_map`` transform: raw ``[F, T_i]`` -> ``{'logmel': [F, frames]}`` normalised."""
+def draw_window(index: int, rng: np.random.Generator) -> Request:
+  """``random_map`` transform: record index -> ``(index, u)``, where the window will go."""
+  return int(index), float(rng.random())
 
-  def __init__(self, frames: int, mean: float, std: float):
-    self.frames, self.mean, self.std = frames, np.float32(mean), np.float32(std)
 
-  def __call__(self, x: np.ndarray, rng: np.random.Generator) -> dict:
-    x = crop_or_pad(x, self.frames, rng)
-    return {"logmel": ((x - self.mean) / self.std).astype(np.float32)}
+class ReadBatch:
+  """``batch_fn``: ``B`` requests -> ``{'logmel': float32 [B, F, frames]}``, normalised; the
+  windows are read at once (:meth:`LogMelSource.batch`), short clips padded with silence."""
+
+  def __init__(self, source: LogMelSource, frames: int, mean: float, std: float):
+    self.source, self.frames = source, frames
+    self.mean, self.std = np.float32(mean), np.float32(std)
+
+  def __call__(self, requests: Sequence[Request]) -> dict:
+    out = self.source.batch(list(requests), self.frames)
+    out -= self.mean
+    out /= self.std
+    return {"logmel": out}
 
 
 def make_pretrain_loader(data_cfg, *, input_shape: tuple[int, int] = (80, 608),
@@ -133,15 +154,16 @@ def make_pretrain_loader(data_cfg, *, input_shape: tuple[int, int] = (80, 608),
   mean, std = norm_stats(data_cfg)
   source = make_source(data_cfg, n_mels=n_mels)
 
-  ds = grain.MapDataset.source(source)
+  ds = grain.MapDataset.range(len(source))
   ds = ds.shuffle(seed=seed)
   ds = ds.repeat(num_epochs)
   # A different stream from the shuffle's, derived from the same seed.
-  ds = ds.random_map(CropNormalize(frames, mean, std), seed=(seed + 0x5EED) % 2**32)
+  ds = ds.random_map(draw_window, seed=(seed + 0x5EED) % 2**32)
   ds = ds[process_index::process_count]
-  ds = ds.batch(global_batch_size // process_count, drop_remainder=True)
+  ds = ds.batch(global_batch_size // process_count, drop_remainder=True,
+                batch_fn=ReadBatch(source, frames, mean, std))
   prefetch = max(0, int(data_cfg.prefetch))
-  # Each prefetch thread assembles one whole batch; numpy FFT / soxr / file reads release the GIL.
+  # Each prefetch thread reads one whole batch, all of its clips in flight at once.
   ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=prefetch,
                                             prefetch_buffer_size=prefetch))
   workers = int(data_cfg.num_workers)

@@ -69,6 +69,7 @@ class TfdsSource(LogMelSource):
     super().__init__()
     self.name, self.split, self.data_dir, self.audio_key, self.spec = (
         name, split, data_dir or None, audio_key, spec)
+    self.n_mels = spec.n_mels
     ds = self._source()
     self._len = len(ds)
     if self._len == 0:
@@ -81,7 +82,7 @@ class TfdsSource(LogMelSource):
     return self._ds
 
   def __getstate__(self):
-    state = dict(self.__dict__)
+    state = super().__getstate__()
     state["_ds"] = None
     return state
 

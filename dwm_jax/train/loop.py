@@ -27,7 +27,7 @@ import ml_collections
 
 from dwm_jax import config as config_lib
 from dwm_jax import faults, paths
-from dwm_jax.data import pipeline
+from dwm_jax.data import pipeline, sources
 from dwm_jax.train import checkpoint as ckpt
 from dwm_jax.train import compile_cache
 from dwm_jax.train import deadline as deadline_lib
@@ -53,6 +53,21 @@ class NonFiniteLossError(faults.Fault, RuntimeError):
 
 class DataPipelineError(faults.Fault):
   """The input pipeline failed (a data worker died, too many unreadable files)."""
+
+
+class DataStorageDown(faults.RestartFault, DataPipelineError):
+  """The data's bucket stopped answering: nothing to fix in the job (status 75)."""
+
+
+def _pipeline_error(e: BaseException) -> type[DataPipelineError]:
+  """The error class for a failed ``next(data_iter)``: a storage outage (raised in this process,
+  or by a grain worker, whose error grain re-raises under another type) restarts, the rest is a
+  fault to fix."""
+  while e is not None:
+    if isinstance(e, sources.StorageUnavailable) or "StorageUnavailable" in str(e):
+      return DataStorageDown
+    e = e.__cause__ or e.__context__
+  return DataPipelineError
 
 
 class StopRequest:
@@ -292,8 +307,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
       with deadline.guard("reading the next batch from", data_at):
         host_batch = next(data_iter)
     except Exception as e:  # pylint: disable=broad-except  (grain re-raises workers' errors)
-      raise DataPipelineError(f"the input pipeline failed after step {step} "
-                              f"({faults.one_line(e)})") from e
+      raise _pipeline_error(e)(f"the input pipeline failed after step {step} "
+                               f"({faults.one_line(e)})") from e
     progress.waited(time.perf_counter() - t)
     batch = mesh_lib.put_batch(host_batch, mesh)
     return batch, (DataPosition(data_iter) if batches is None else None)
@@ -334,8 +349,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
             if step != last_saved:
               save(position)  # what was trained is kept; the rerun resumes right here
               saver.finish()
-            raise DataPipelineError(f"{e}; saved checkpoint {step}, rerun the same command to "
-                                    "resume from it") from e.__cause__
+            raise type(e)(f"{e}; saved checkpoint {step}, rerun the same command to resume "
+                          "from it") from e.__cause__
         if step == first + 1:  # the launch's first step: compilation and warm-up end here
           jax.block_until_ready(metrics["loss"])
           startup_seconds = time.perf_counter() - t_launch

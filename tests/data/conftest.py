@@ -38,6 +38,25 @@ def write_tone(path, rate, seconds=1.0, channels=1, freq=440.0, subtype="PCM_16"
   return x
 
 
+GOOD = {"r16/a.wav": (16000, 1), "r22/b.flac": (22050, 1), "deep/r44/c.wav": (44100, 1),
+        "stereo.ogg": (44100, 2)}
+
+
+def write_mixed_folder(root):
+  """The ``GOOD`` files (mixed rates, channels and formats, 1 s tones) and four bad ones, one per
+  reason prepare skips (unreadable, empty, silent, too short), plus a file that is not audio."""
+  for name, (rate, ch) in GOOD.items():
+    write_tone(root / name, rate, seconds=1.0, channels=ch, subtype="VORBIS"
+               if name.endswith(".ogg") else "PCM_16")
+  (root / "bad").mkdir()
+  (root / "bad/corrupt.wav").write_bytes(b"RIFF\x00\x00garbage" * 10)
+  sf.write(str(root / "bad/empty.wav"), np.zeros(0), 16000)
+  sf.write(str(root / "bad/silent.wav"), np.zeros(16000), 16000)
+  sf.write(str(root / "bad/short.wav"), np.full(400, 0.1), 16000)  # 25 ms < 0.1 s
+  (root / "readme.txt").write_text("not audio, not listed")
+  return root
+
+
 def data_cfg(**overrides):
   c = base_config().data
   c.prefetch = 0

@@ -4,31 +4,16 @@ import json
 
 import numpy as np
 import pytest
-import soundfile as sf
 
 from dwm_jax.data import prepare as prep
 from dwm_jax.data.audio_io import load_audio
 from dwm_jax.data.log_mel import log_mel, num_frames
 
-from .conftest import write_tone
-
-GOOD = {"r16/a.wav": (16000, 1), "r22/b.flac": (22050, 1), "deep/r44/c.wav": (44100, 1),
-        "stereo.ogg": (44100, 2)}
-
+from .conftest import GOOD, write_mixed_folder
 
 @pytest.fixture
 def src(tmp_path):
-  root = tmp_path / "src"
-  for name, (rate, ch) in GOOD.items():
-    write_tone(root / name, rate, seconds=1.0, channels=ch, subtype="VORBIS"
-               if name.endswith(".ogg") else "PCM_16")
-  (root / "bad").mkdir()
-  (root / "bad/corrupt.wav").write_bytes(b"RIFF\x00\x00garbage" * 10)
-  sf.write(str(root / "bad/empty.wav"), np.zeros(0), 16000)
-  sf.write(str(root / "bad/silent.wav"), np.zeros(16000), 16000)
-  sf.write(str(root / "bad/short.wav"), np.full(400, 0.1), 16000)  # 25 ms < 0.1 s
-  (root / "readme.txt").write_text("not audio, not listed")
-  return root
+  return write_mixed_folder(tmp_path / "src")
 
 
 def read_csv(path):

@@ -269,7 +269,7 @@ def test_damaged_checkpoint_in_the_bucket_is_moved_aside_and_the_run_resumes_exa
 def test_a_stalled_bucket_ends_the_run_in_bounded_time_with_one_line(
     gcs, data, reference, cache_dir, tmp_path):
   """The bucket stops answering (a proxy that holds all traffic) after checkpoint 4 committed:
-  the run exits with status 1 within storage.timeout_seconds plus a margin, with one line naming
+  the run exits with status 75 within storage.timeout_seconds plus a margin, with one line naming
   what it waited for, where, how long, and checkpoint 4; once the bucket answers again, the
   same command resumes from 4 and ends exactly as the uninterrupted run."""
   bound = 15
@@ -307,6 +307,31 @@ def test_a_stalled_bucket_ends_the_run_in_bounded_time_with_one_line(
     summary = main_lib.train_and_evaluate(_config(data["remote"]), workdir)
   assert summary["resumed_from"] == 4 and summary["step"] == 8
   assert summary["restarts"]["steps_repeated"] in (0, 1)  # step 5's row, if it was uploaded
+
+
+def test_sharded_data_in_a_bucket_resumes_exactly(gcs, data, reference, cache_dir, tmp_path):
+  """The same WAVs prepared with --layout shards straight into a bucket: the run stopped by
+  SIGTERM after step 3 and resumed ends exactly as the uninterrupted run on the local .npy files
+  (the same float16 log-mels, so the same batches)."""
+  from dwm_jax.train import loop  # pylint: disable=import-outside-toplevel
+  root = os.path.dirname(os.path.dirname(data["local"]["csv"]))
+  out = f"{_bucket(gcs, 'shards')}/prepared"
+  report = prepare.prepare_shards(os.path.join(root, "synth"), out, workers=0,
+                                  clips_per_shard=10, chunk_frames=16, progress=False)
+  assert report["converted"] == 32 and report["shards"] == 4
+  c = _config(data["remote"])
+  c.data.source, c.data.csv = "shards", f"{out}/clips.csv"
+  workdir = str(tmp_path / "run")
+
+  def sigterm_after_3(done):
+    if done == 3:
+      os.kill(os.getpid(), signal.SIGTERM)
+
+  with persistent_cache(cache_dir):
+    first = loop.train(c, workdir, on_step=sigterm_after_3)
+    assert first["preempted"] and first["step"] == 4
+    second = loop.train(c, workdir)
+  assert second["resumed_from"] == 4 and second["step"] == 8
   assert_same_tree(saved_state(workdir)[1], reference[1])
 
 
