@@ -141,3 +141,23 @@ def test_summary_keeps_the_real_run():
                                    {**first, "step": 8, "steps_trained": 4, "final_loss": 1.2})
   assert resumed["final_loss"] == 1.2 and resumed["steps_trained"] == 8
   assert main_lib.merge_summary(None, rerun) == rerun
+
+
+def test_a_storage_outage_of_the_data_restarts_and_other_pipeline_failures_need_a_fix():
+  """The data's bucket going down (raised here, or re-raised by a grain worker under another
+  type) exits 75 like a stalled workdir bucket; a dead worker or bad files stay status 1."""
+  from dwm_jax.data import sources  # pylint: disable=import-outside-toplevel
+  try:
+    try:
+      raise sources.StorageUnavailable("cannot read gs://b/x")
+    except sources.StorageUnavailable as inner:
+      raise RuntimeError("worker failed") from inner
+  except RuntimeError as outer:
+    wrapped = outer
+  assert loop._pipeline_error(wrapped) is loop.DataStorageDown  # pylint: disable=protected-access
+  from_worker = RuntimeError("Traceback ... dwm_jax.data.sources.StorageUnavailable: cannot read")
+  assert loop._pipeline_error(from_worker) is loop.DataStorageDown  # pylint: disable=protected-access
+  assert loop._pipeline_error(RuntimeError("64 consecutive records failed")) is (  # pylint: disable=protected-access
+      loop.DataPipelineError)
+  assert loop.DataStorageDown.exit_status == 75 and loop.DataPipelineError.exit_status == 1
+  assert issubclass(loop.DataStorageDown, loop.DataPipelineError)
