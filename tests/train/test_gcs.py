@@ -97,8 +97,10 @@ KILL_SCRIPT = textwrap.dedent("""
     from dwm_jax.train import loop
     real, kill_after = loop.train, int(sys.argv.pop(1))
 
-    def train(config, workdir, **kwargs):
+    def train(config, workdir, on_step=None, **kwargs):
       def hook(done):  # right after the step's checkpoint save was dispatched (async)
+        if on_step is not None:  # the command's own hook (a supervisor's progress report)
+          on_step(done)
         if done == kill_after:
           os.kill(os.getpid(), signal.SIGKILL)
       return real(config, workdir, on_step=hook, **kwargs)
@@ -114,8 +116,10 @@ STALL_SCRIPT = textwrap.dedent("""
     from dwm_jax.train import loop
     real, marker = loop.train, sys.argv.pop(1)
 
-    def train(config, workdir, **kwargs):
+    def train(config, workdir, on_step=None, **kwargs):
       def hook(done):  # after step 5: tell the test, then wait until the bucket is stalled
+        if on_step is not None:
+          on_step(done)
         if done == 5:
           open(marker + ".reached", "w").close()
           while not os.path.exists(marker):
