@@ -171,7 +171,10 @@ def report_end(line: str, status: int) -> None:
 # Runtime errors of a cross-process collective whose peer went away (gloo on CPU, NCCL on GPU, the
 # coordination service's cancellation): the run cannot continue, whatever the peer's fate.
 # Named by what raised them, not by the symptom: "Connection refused" from a bucket is no peer's.
-_COLLECTIVE = re.compile(r"\bgloo\b|\bnccl\b|collective|incarnation id", re.IGNORECASE)
+# A coordination-service barrier (orbax's save and the checkpoint clock's agreement use them)
+# fails with "Barrier failed because: ... Task 1 heartbeat timeout".
+_COLLECTIVE = re.compile(r"\bgloo\b|\bnccl\b|collective|incarnation id|barrier failed|"
+                         r"heartbeat timeout", re.IGNORECASE)
 
 
 def is_collective_failure(e: BaseException) -> bool:

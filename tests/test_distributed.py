@@ -59,6 +59,10 @@ def test_collective_failures_are_recognized():
   reset = RuntimeError("UNKNOWN: Gloo all-reduce failed: [external/gloo/gloo/transport/tcp/"
                        "pair.cc:538] Read error [127.0.0.1]:34709: Connection reset by peer")
   assert distributed.is_collective_failure(gloo) and distributed.is_collective_failure(reset)
+  barrier = RuntimeError("INTERNAL: Barrier failed because: task is set to ERROR: UNAVAILABLE: "
+                         "Task 1 heartbeat timeout. This indicates that the remote task has "
+                         "failed, got preempted, or crashed unexpectedly.")
+  assert distributed.is_collective_failure(barrier)  # a save's or the clock's barrier
   assert not distributed.is_collective_failure(RuntimeError("RESOURCE_EXHAUSTED: Out of memory"))
   assert not distributed.is_collective_failure(KeyError("gloo"))
   try:  # a save that failed on a collective, as the loop reports it
