@@ -446,9 +446,11 @@ def test_every_flag_exists_for_its_command():
   assert not bad, "stale flags:\n" + "\n".join(bad)
 
 
-def test_every_field_of_base_config_is_in_the_config_reference():
+def test_every_field_of_both_configs_is_in_the_config_reference():
   text = (ROOT / "docs" / "config.md").read_text()
-  documented = set(re.findall(r"`([\w.]+)`", text))
-  missing = [f for f in config_lib.flatten(config_lib.base_config())
-             if f not in documented]
-  assert not missing, "fields of base_config() missing from docs/config.md: " + ", ".join(missing)
+  pretrain, finetune = text.split("\n## Fine-tuning\n")
+  for name, config, section in (("dwm_jax/config.py", config_lib.base_config(), pretrain),
+                                ("fine-tuning", finetune_config.base_config(), finetune)):
+    documented = set(re.findall(r"^\| `([\w.]+)` \|", section, re.M))
+    missing = [f for f in config_lib.flatten(config) if f not in documented]
+    assert not missing, f"fields of {name} base_config() missing from docs/config.md: {missing}"
