@@ -39,8 +39,8 @@ LINK = re.compile(r"\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)")
 COLAB = re.compile(r"^https://colab\.research\.google\.com/github/[\w.-]+/[\w.-]+/blob/main/(.+)$")
 INLINE = re.compile(r"(`+)(.+?)\1")
 HEADING = re.compile(r"^(#{1,6})\s+(.*?)\s*#*\s*$")
-REPO_PATH = re.compile(r"(?<![\w./$-])((?:dwm_jax|tests|experiments|configs|colab|docs)/[\w./*<>{}-]*"
-                       r"(?:::\w+)?)")
+REPO_PATH = re.compile(r"(?<![\w./$-])((?:dwm_jax|tests|experiments|configs|colab|docs)/"
+                       r"[\w./*<>{}-]*(?:::\w+)?)")
 DOTTED = re.compile(r"(?<![\w./])(dwm_jax(?:\.\w+)+)")
 CONFIG_ARG = re.compile(r"(?<![\w./])configs/(\w+)\.py(?::([\w=,.-]+))?")
 SEPARATORS = ("&&", "||", ";", "|")
@@ -209,19 +209,15 @@ def flag_tokens(tokens: list) -> Iterator[tuple[str, str | None]]:
     yield name, value if eq else (nxt if nxt and not nxt.startswith("-") else None)
 
 
-class Parser(NamedTuple):
-  options: dict   # --name -> choices (or None)
-  absl: bool
-
-
 class _Captured(Exception):
   def __init__(self, parser):
     super().__init__()
     self.parser = parser
 
 
-def capture(main, argv: list) -> Parser:
-  """The argparse parser or absl FlagValues that ``main(argv)`` builds, captured at its parse."""
+def capture(main) -> dict:
+  """``{--flag: choices or None}`` of the argparse parser or absl FlagValues that ``main([])``
+  builds, captured when it parses (so nothing runs)."""
   def grab(self, *_, **__):
     raise _Captured(self)
   with pytest.MonkeyPatch.context() as mp:
@@ -229,33 +225,35 @@ def capture(main, argv: list) -> Parser:
     mp.setattr(argparse.ArgumentParser, "parse_known_args", grab)
     mp.setattr(flags.FlagValues, "__call__", grab)
     try:
-      main(argv)
+      main([])
     except _Captured as c:
       parser = c.parser
     else:
       raise AssertionError(f"{main.__module__}.{main.__name__} parsed no command line")
+  options = {}
   if isinstance(parser, flags.FlagValues):
-    options = {}
     for name, flag in parser._flags().items():  # pylint: disable=protected-access
-      choices = getattr(flag.parser, "enum_values", None)
-      options[f"--{name}"] = choices
+      options[f"--{name}"] = getattr(flag.parser, "enum_values", None)
       if flag.boolean:
         options[f"--no{name}"] = None
-    return Parser(options, absl=True)
-  return Parser({o: a.choices for a in parser._actions for o in a.option_strings}, absl=False)  # pylint: disable=protected-access
+    return options
+  for action in parser._actions:  # pylint: disable=protected-access
+    options.update({o: action.choices for o in action.option_strings})
+  return options
 
 
 @functools.lru_cache(maxsize=None)
-def parser_of(kind: str, name: str) -> Parser | None:
-  """The parser of a command; None for programs that are not this project's."""
+def parser_of(kind: str, name: str) -> dict | None:
+  """The flags of a command (see :func:`capture`); None for programs that are not this
+  project's."""
   if kind == "dwm-jax":
     assert name in cli.COMMANDS, f"no command dwm-jax {name} (commands: {', '.join(cli.COMMANDS)})"
     module, _, function = cli.COMMANDS[name][0].partition(":")
-    return capture(getattr(importlib.import_module(module), function or "main"), [])
+    return capture(getattr(importlib.import_module(module), function or "main"))
   if kind == "module":
     if not name.startswith("dwm_jax"):
       return None
-    return capture(importlib.import_module(name).main, [])
+    return capture(importlib.import_module(name).main)
   path = ROOT / name
   assert path.is_file(), f"no script {name}"
   sys.path.insert(0, str(path.parent))  # scripts import their neighbours (input_pipeline's bucket)
@@ -265,7 +263,7 @@ def parser_of(kind: str, name: str) -> Parser | None:
     spec.loader.exec_module(module)
   finally:
     sys.path.remove(str(path.parent))
-  return capture(module.main, [])
+  return capture(module.main)
 
 
 def config_of(command: Command):
@@ -309,7 +307,7 @@ def check_config_flag(config, field: str, value: str | None, strategies: list) -
   for name in strategies or [config.mask.name]:
     try:
       if value is None:
-        masking.registry.resolve_options(name, {option: None})
+        masking.resolve_options(name, {option: None})
       else:
         masking.parse_option(name, option, value)
       return None
@@ -322,20 +320,24 @@ def known_flags() -> set[str]:
   """Every flag of every dwm-jax command and script the docs run."""
   out = set()
   for name in cli.COMMANDS:
-    out |= set(parser_of("dwm-jax", name).options)
+    out |= set(parser_of("dwm-jax", name))
   for path in doc_files():
     for command in commands(path):
       if command.kind in ("module", "script"):
         parser = parser_of(command.kind, command.name)
-        out |= set(parser.options) if parser else set()
+        out |= set(parser or ())
   return out
 
 
 # --- tests -------------------------------------------------------------------------------------
 
-def test_the_docs_exist_and_link_the_guides():
-  files = {p.relative_to(ROOT).as_posix() for p in doc_files()}
-  assert "README.md" in files and "docs/config.md" in files, sorted(files)
+def test_the_front_page_and_the_index_link_every_guide():
+  linked = {(path.parent / target.split("#")[0]).resolve()
+            for path in (ROOT / "README.md", ROOT / "docs" / "README.md")
+            for _, target in links(path)}
+  guides = {p.resolve() for p in (ROOT / "docs").glob("*.md")}
+  assert guides <= linked, f"guides linked from neither README: {sorted(guides - linked)}"
+  assert (ROOT / "docs" / "README.md").resolve() in linked
 
 
 def test_every_relative_link_and_anchor_resolves():
@@ -360,8 +362,7 @@ def test_every_relative_link_and_anchor_resolves():
 def test_every_repository_path_and_module_named_exists():
   bad = []
   for path in doc_files():
-    texts = list(shell_texts(path)) + [(i, t) for i, t in inline_code(path)]
-    for line, text in texts:
+    for line, text in shell_texts(path):
       for m in REPO_PATH.finditer(text):
         name, _, test = m.group(1).rstrip(".,:").partition("::")
         if re.search(r"[<>{}]", name) or not name.rstrip("/"):
@@ -399,7 +400,7 @@ def importable(dotted: str) -> bool:
 def test_every_config_argument_is_accepted():
   bad = []
   for path in doc_files():
-    for line, text in list(shell_texts(path)):
+    for line, text in shell_texts(path):
       for m in CONFIG_ARG.finditer(text):
         if placeholder(m.group(2) or ""):
           continue  # the syntax itself: configs/m2d.py:KEY=VALUE
@@ -437,10 +438,10 @@ def test_every_flag_exists_for_its_command():
           if name not in known and name not in FOREIGN_FLAGS:
             bad.append(f"{command.doc}: {name}: no command has this flag")
           continue
-        if name not in parser.options:
+        if name not in parser:
           bad.append(f"{command.doc}: {command.kind} {command.name} has no flag {name}")
           continue
-        choices = parser.options[name]
+        choices = parser[name]
         if choices and value is not None and value.isidentifier() and value not in choices:
           bad.append(f"{command.doc}: {name} {value}: not one of {', '.join(map(str, choices))}")
   assert not bad, "stale flags:\n" + "\n".join(bad)
