@@ -2,7 +2,8 @@
 
 - every relative link resolves, and so does its ``#anchor`` (GitHub's heading slugs);
 - every repository path named in code (``tests/...py::test_name``, ``dwm_jax/...``,
-  ``experiments/...``) exists, and every ``dwm_jax.module.attribute`` imports;
+  ``experiments/...``) exists, and every ``dwm_jax.module.attribute`` (and every name the Python
+  examples import from ``dwm_jax`` or ``configs``) imports;
 - every flag of a command (``dwm-jax CMD``, ``python -m dwm_jax...``, ``python experiments/x.py``)
   exists for that command, a flag with choices gets one of them, a ``--config.FIELD`` override
   names a field of the config it applies to (``mask.options.NAME`` typed by the strategy), and
@@ -42,6 +43,7 @@ HEADING = re.compile(r"^(#{1,6})\s+(.*?)\s*#*\s*$")
 REPO_PATH = re.compile(r"(?<![\w./$-])((?:dwm_jax|tests|experiments|configs|colab|docs)/"
                        r"[\w./*<>{}-]*(?:::\w+)?)")
 DOTTED = re.compile(r"(?<![\w./])(dwm_jax(?:\.\w+)+)")
+FROM_IMPORT = re.compile(r"^from ((?:dwm_jax|configs)[\w.]*) import ([\w ,]+)$", re.M)
 CONFIG_ARG = re.compile(r"(?<![\w./])configs/(\w+)\.py(?::([\w=,.-]+))?")
 SEPARATORS = ("&&", "||", ";", "|")
 # Flags of other programs that the docs name in prose: (flag, whose).
@@ -375,6 +377,11 @@ def test_every_repository_path_and_module_named_exists():
       for m in DOTTED.finditer(text):
         if not importable(m.group(1)):
           bad.append(f"{where(path, line)}: {m.group(1)}: does not import")
+    for line, lang, text in parse(path)[1]:
+      for m in (FROM_IMPORT.finditer(text) if lang == "python" else ()):
+        for name in re.split(r"\s*,\s*", m.group(2).strip()):
+          if not importable(f"{m.group(1)}.{name.split(' as ')[0]}"):
+            bad.append(f"{where(path, line)}: from {m.group(1)} import {name}: does not import")
   assert not bad, "stale names:\n" + "\n".join(sorted(set(bad)))
 
 
