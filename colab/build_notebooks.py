@@ -230,7 +230,7 @@ QUICKSTART = [
       in (h = 1 - (epoch / epochs)^2). At the end the job probes its encoder, a random-init one and
       log-mel statistics on the synthetic event / pitch / timbre tasks. Set
       `config.objective.name = "m2d"` for the paper's M2D objective (it needs a longer run to beat
-      the random-init encoder; see the README).
+      the random-init encoder; see `experiments/m2d_small_budget/README.md` in the repository).
       `train_and_evaluate` is what `dwm-jax pretrain` runs; a rerun resumes from the workdir.
     '''),
     code('''
@@ -339,8 +339,9 @@ QUICKSTART = [
       57.2 / 83.3 / 68.6 % (event / pitch / timbre, 3 seeds, average 69.7) against
       55.6 / 83.6 / 60.6 % (66.6) for the random-init encoder and 56.6 / 80.7 / 58.8 % (65.4) for
       log-mel statistics: a small but consistent margin (MAE beat random init for each of 3 seeds
-      tried; the README lists the runs). Random features are a strong baseline on these simple
-      synthetic tasks, and the paper's M2D objective does not clear it in 160 CPU steps. The run
+      tried; `experiments/m2d_small_budget/README.md` lists the runs). Random features are a
+      strong baseline on these simple synthetic tasks, and the paper's M2D objective does not clear
+      it in 160 CPU steps. The run
       shows the whole pipeline (masking inside the jitted step, the hint schedule, checkpoints,
       probe) working end to end, not what DWM buys; the paper pretrains ViT-B for 300 epochs on
       AudioSet. With `SMOKE` sizes the numbers mean nothing at all. For a comparison of

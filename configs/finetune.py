@@ -7,7 +7,7 @@
 ``ARG`` keys: ``recipe`` = ``cpu`` (default) | ``m2d``; ``task`` (with ``recipe=m2d``) = ``default``
 | ``as20k`` | ``esc50`` | ``spcv2`` | ``vc1``. Any field can then be overridden
 (``--config.optim.layer_decay=0.65``); the fields are documented in
-``dwm_jax/evaluate/finetuning/config.py`` and the README's Fine-tuning section.
+``dwm_jax/evaluate/finetuning/config.py`` and ``docs/finetuning.md``.
 
 ``recipe=cpu`` (:func:`dwm_jax.evaluate.finetuning.config.base_config`): AdamW with layer-wise lr
 decay 0.75 (BEiT / MAE / AudioMAE's rule) and the head at 10x, 1 warmup epoch + cosine, a

@@ -26,7 +26,7 @@ def get_config(arg: str | None = None):
   c.objective.predictor_heads = 16
   c.objective.ema_decay_start = 0.99995
   c.objective.ema_decay_end = 0.99999
-  # The authors' training defaults (README, "M2D training defaults"):
+  # The authors' training defaults (docs/pretraining.md, "M2D training defaults"):
   c.objective.ema_schedule = "linear"      # start + (end - start) * step / (total_steps - 1)
   c.objective.norm_pix_loss = True         # target tokens standardized before 2 - 2 cos
   c.objective.target_init = "independent"  # target blocks get their own init, not a copy

@@ -14,7 +14,7 @@ Every field can be overridden, e.g. ``--config.total_steps=50`` or ``--config.ma
 
 Why MAE here, when the paper (and ``configs/m2d.py``) use M2D: in the 160 CPU steps this job can
 afford, M2D's encoder does not yet beat the random-init one on the probe, while MAE's does (the
-README's Quickstart section has the measurements). ``--config.objective.name=m2d`` runs M2D.
+runs are in ``experiments/m2d_small_budget/README.md``). ``--config.objective.name=m2d`` runs M2D.
 """
 from dwm_jax import config as config_lib
 

@@ -1,7 +1,7 @@
 """The config schema shared by every job: defaults of every field, documented in one place.
 
 ``configs/*.py`` start from :func:`base_config` and override what their setup changes. Field
-meanings are listed in the README's config reference; validation lives in ``dwm_jax.validate``.
+meanings are listed in ``docs/config.md``; validation lives in ``dwm_jax.validate``.
 """
 from __future__ import annotations
 
@@ -60,8 +60,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.mask.hint.fixed = config_dict.placeholder(float)  # abs_hint_ratio: pins h
 
   c.data = ml_collections.ConfigDict()
-  c.data.source = "synthetic"      # synthetic | npy | audio | tfds
-  c.data.csv = ""                  # npy/audio: CSV with a file_name column (paths relative to it)
+  c.data.source = "synthetic"      # synthetic | npy | shards | audio | tfds
+  c.data.csv = ""                  # npy: files.csv; shards: clips.csv; audio: a file_name CSV
   c.data.root = ""                 # audio: folder scanned for audio files when csv is empty
   c.data.tfds_name = ""
   c.data.tfds_data_dir = ""
@@ -87,7 +87,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.total_steps = config_dict.placeholder(int)      # default: epochs * steps_per_epoch
 
   c.optim = ml_collections.ConfigDict()
-  c.optim.base_lr = 3e-4           # lr = base_lr * batch_size / 256
+  c.optim.base_lr = 3e-4           # lr = base_lr * batch_size * accum_steps / 256
   c.optim.min_lr = 0.0
   c.optim.warmup_epochs = 20.0
   c.optim.weight_decay = 0.05
@@ -124,7 +124,7 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.storage = ml_collections.ConfigDict()
   # A wait of the run on a bucket (a save, a batch, an upload) longer than this ends it with one
-  # line (exit status 1); the last good checkpoint is kept.
+  # line (exit status 75: restart once the bucket answers); the last good checkpoint is kept.
   c.storage.timeout_seconds = 600.0
   # A bucket request that moves no data for this long is abandoned and retried with backoff.
   c.storage.request_timeout_seconds = 60.0

@@ -303,7 +303,7 @@ def _own_table(table: np.ndarray, grid: patching.Grid, input_shape) -> tuple[Any
           f"{grid.freq}x{grid.time} grid of a {input_shape[0]}x{input_shape[1]} input")
   if found == (grid.time, grid.freq):
     raise CheckpointError(f"{what}: a time-major layout such as AudioMAE's ([T, F] input, time "
-                          "as image rows), which dwm-jax does not import (see the README)")
+                          "as image rows), which dwm-jax does not import (see docs/checkpoints.md)")
   raise CheckpointError(f"{what}: check --input-shape")
 
 

@@ -38,7 +38,7 @@ if ROOT not in sys.path:
 log = logging.getLogger("m2d_small_budget")
 TASKS = ("synthetic_event", "synthetic_pitch", "synthetic_timbre")
 
-# The M2D quickstart before the authors' defaults (README: "the previous quickstart").
+# The M2D quickstart before the authors' defaults (README.md: "How the quickstart's recipe was chosen").
 PREVIOUS = {"objective.name": "m2d", "objective.ema_schedule": "cosine",
             "objective.target_init": "copy", "objective.norm_pix_loss": False,
             "optim.clip_norm": 0.0, "optim.decay_groups": "kernels", "data.stats_crops": 0}

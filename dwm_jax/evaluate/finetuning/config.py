@@ -1,7 +1,7 @@
 """The fine-tuning config schema, its defaults (sized for a 2-core CPU) and its validation.
 
 ``configs/finetune.py`` starts from :func:`base_config` and scales it to the authors' recipes
-(``:recipe=m2d`` / ``:recipe=audiomae``); ``--config.FIELD=VALUE`` overrides any field. Every field
+(``:recipe=m2d``); ``--config.FIELD=VALUE`` overrides any field. Every field
 is read from here; :func:`validate` checks all of them before anything is loaded or compiled and
 reports every bad one at once (``dwm_jax.validate.ConfigError``).
 """
