@@ -1,5 +1,6 @@
 """experiments/mask_cost/run.py: the host baselines, the target checks and a tiny end-to-end run."""
 import csv
+import functools
 import importlib.util
 import math
 import pathlib
@@ -8,6 +9,10 @@ import numpy as np
 import pytest
 
 from dwm_jax import patching
+from tests.fast_compile import fast_compile  # noqa: F401  pylint: disable=unused-import
+
+# Tiny programs, each compiled once and run a few times: skip the backend optimisations.
+pytestmark = pytest.mark.usefixtures("fast_compile")
 
 SCRIPT = pathlib.Path(__file__).resolve().parents[2] / "experiments" / "mask_cost" / "run.py"
 
@@ -110,7 +115,7 @@ def test_bad_grid_flag_is_named(bench, capsys):
 
 def test_end_to_end_tiny_run_writes_csv_markdown_png(bench, tmp_path, capsys):
   strategies = ["random", "dwm", "informed", "time"]
-  assert bench.main(["--small", "--batch-sizes", "4,256", "--grids", "5x38", "--repeats", "2",
+  assert bench.main(["--small", "--batch-sizes", "4,8", "--grids", "5x38", "--repeats", "2",
                      "--host-repeats", "1", "--warmup", "1", "--feature-dim", "8",
                      "--hints", "0,0.5", "--metrics", "mad", "--no-authors",
                      "--strategies", ",".join(strategies), "--out", str(tmp_path)]) == 0
@@ -128,7 +133,7 @@ def test_end_to_end_tiny_run_writes_csv_markdown_png(bench, tmp_path, capsys):
   jitted = ["random h=0", "random h=0.5", bench.PIECE_NO_SWAP, "dwm[mad] h=0", "dwm[mad] h=0.5",
             "informed h=0", "informed h=0.5", "time h=0", "time h=0.5"]
   methods = [bench.FLOOR, *pieces, *jitted, bench.NP_RANDOM, bench.NP_INVERSE_BLOCK]
-  assert [(r["batch"], r["method"]) for r in rows] == [(b, m) for b in ("4", "256")
+  assert [(r["batch"], r["method"]) for r in rows] == [(b, m) for b in ("4", "8")
                                                         for m in methods]
   for r in rows:
     values = {k: float(r[k]) for k in bench.CSV_FIELDS[6:] if r[k] != ""}
@@ -167,6 +172,15 @@ def authors():
   return module
 
 
+@functools.lru_cache(maxsize=None)
+def our_dwm(metric: str):
+  """Our DWM jitted on the 5 x 38 grid, the hint traced: one compile per metric."""
+  import jax
+  from dwm_jax import masking
+  return jax.jit(lambda key, x, h: masking.sample("dwm", key, x, grid=(5, 38), ratio=0.7, hint=h,
+                                                  metric=metric))
+
+
 @pytest.mark.parametrize("metric", ["mad", "variance"])
 @pytest.mark.parametrize("hint", [0.0, 0.5])
 def test_authors_dwm_has_our_dwm_law(authors, metric, hint):
@@ -174,7 +188,6 @@ def test_authors_dwm_has_our_dwm_law(authors, metric, hint):
   (Gumbel-top-k + one-selection swap) mask every patch equally often on the same patches."""
   import jax
   import jax.numpy as jnp
-  from dwm_jax import masking
   torch.manual_seed(0)
   rows, n, k = 4000, 190, 133
   spread = torch.linspace(0.01, 2.0, n)
@@ -185,9 +198,8 @@ def test_authors_dwm_has_our_dwm_law(authors, metric, hint):
   assert (torch.sort(ids, dim=1).values == torch.arange(n)).all()   # a permutation per row
   theirs = authors.ids_to_mask(ids, keep).numpy()
   assert (theirs.sum(1) == k).all()
-  ours = np.asarray(jax.jit(lambda key, x, h: masking.sample(
-      "dwm", key, x, grid=(5, 38), ratio=0.7, hint=h, metric=metric))(
-          jax.random.key(0), jnp.asarray(patches.numpy()), jnp.float32(hint)))
+  ours = np.asarray(our_dwm(metric)(jax.random.key(0), jnp.asarray(patches.numpy()),
+                                    jnp.float32(hint)))
   # Frequencies in 19 bins of 10 patches of rising spread: equal within sampling noise.
   a, b = theirs.reshape(rows, 19, 10).mean((0, 2)), ours.reshape(rows, 19, 10).mean((0, 2))
   sigma = np.sqrt(2 * a * (1 - a) / (rows * 10))
