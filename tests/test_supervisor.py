@@ -108,6 +108,14 @@ def test_runtime_records_and_their_continuation_lines():
                   *STACK.splitlines(True)]
 
 
+# What tensorstore (a bucket client) printed in this project's two-process runs, and a line of
+# dwm_jax.train.deadline.
+BUCKET_RECORD = ("I1208 00:14:58.253636   19087 google_auth_provider.cc:136] Using "
+                 "GOOGLE_AUTH_TOKEN_FOR_TESTING\n")
+DEADLINE_MESSAGE = ("saving checkpoint 8 to gs://b/run/checkpoints did not finish: the bucket has "
+                    "not answered for 15 s (storage.timeout_seconds=15); checkpoint 7 is the last "
+                    "good one. Rerun the same command once the bucket answers (it resumes)")
+
 # A stand-in trainer: reports like the real one, then ends as told.
 TRAINER = textwrap.dedent("""
     import os, signal, sys, time
@@ -125,11 +133,17 @@ TRAINER = textwrap.dedent("""
       sys.stderr.write({records!r})
       sys.stderr.flush()
       sys.exit(1)
+    elif how == "deadline":  # a bucket client's record, then storage.timeout_seconds runs out
+      sys.stderr.write({bucket_record!r})
+      sys.stderr.flush()
+      from dwm_jax.train import deadline
+      deadline.end_process({deadline_message!r})
     else:  # wait for a signal, saying which one came
       signal.signal(signal.SIGTERM, lambda s, f: (print("got SIGTERM", flush=True), sys.exit(0)))
       print("pid", os.getpid(), flush=True)
       time.sleep(60)
-    """).format(fatal=PEER_1_UNHEALTHY + SHUTDOWN_BARRIER + STACK, records=PEER_1_UNHEALTHY)
+    """).format(fatal=PEER_1_UNHEALTHY + SHUTDOWN_BARRIER + STACK, records=PEER_1_UNHEALTHY,
+               bucket_record=BUCKET_RECORD, deadline_message=DEADLINE_MESSAGE)
 
 
 def _supervise(tmp_path, how: str) -> subprocess.Popen:
@@ -166,6 +180,16 @@ def test_a_reported_fault_is_the_line(tmp_path):
   assert proc.returncode == 1
   assert err.splitlines() == ["12:00:00 I dwm_jax.train] step 7/8",
                               "dwm-jax pretrain: saving checkpoint 8 failed"]
+
+
+def test_a_storage_deadline_is_the_line_after_a_runtime_record(tmp_path):
+  """The storage watchdog ends the trainer (status 75) right after a bucket client's log record:
+  its line is the one line, not taken for the end of that record and dropped."""
+  proc = _supervise(tmp_path, "deadline")
+  _, err = proc.communicate(timeout=60)
+  assert proc.returncode == 75, err
+  assert err.splitlines() == ["12:00:00 I dwm_jax.train] step 7/8",
+                              f"dwm-jax pretrain: {DEADLINE_MESSAGE}"]
 
 
 def _wait_for_pid(proc: subprocess.Popen) -> int:

@@ -24,17 +24,24 @@ import threading
 import time
 from typing import Callable, Iterator
 
-from dwm_jax import paths
+from dwm_jax import distributed, paths
 
 
 def end_process(message: str) -> None:
-  """Prints ``message`` as the command's one line and exits with StorageTimeout's status,
-  without running exit handlers (they would wait on the same bucket)."""
-  print(f"dwm-jax pretrain: {message}", file=sys.stderr, flush=True)
+  """Prints ``message`` as the command's one line (under the supervisor of a multi-process run:
+  hands it to the supervisor, which prints it) and exits with StorageTimeout's status, without
+  running exit handlers (they would wait on the same bucket)."""
+  line, status = f"dwm-jax pretrain: {message}", paths.StorageTimeout.exit_status
+  if distributed.supervised():
+    # Not on stderr: the supervisor drops runtime records held when a trainer ends on a fault,
+    # and a line printed right after one would go with it.
+    distributed.report_end(line, status)
+  else:
+    print(line, file=sys.stderr, flush=True)
   sys.stdout.flush()
   for child in multiprocessing.active_children():  # the input pipeline's workers
     child.terminate()
-  os._exit(paths.StorageTimeout.exit_status)  # pylint: disable=protected-access
+  os._exit(status)  # pylint: disable=protected-access
 
 
 class Deadline:

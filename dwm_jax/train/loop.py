@@ -214,7 +214,9 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
   saver = None
 
   def resume_point() -> str:
-    good = saver.last_committed() if saver is not None else None
+    if saver is None:  # the checkpoints have not been read yet: a rerun finds the newest
+      return ""
+    good = saver.last_committed()
     return (f"checkpoint {good} is the last good one" if good is not None
             else "no checkpoint of this run is saved yet")
 
@@ -320,6 +322,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
     with deadline.guard(f"saving checkpoint {step} to", ckpt_dir):
       saver.save(step, state=mesh_lib.to_host(state), rng=host_key, data_iter=position,
                  config=config)
+    if not config.checkpoint.async_save:
+      saver.committed()  # a synchronous save has committed when it returns (no on_commit)
     checkpoint_seconds += time.perf_counter() - t
     clock.saved()
     last_saved = step
@@ -346,6 +350,11 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
           try:
             upcoming = pull()  # copied to the devices while the step runs
           except DataPipelineError as e:
+            if jax.process_count() > 1:
+              # A save is collective, and the other processes may have gone on one step (their
+              # batch came) into a step that waits for this one: no save. They see this
+              # process lost; the rerun resumes from the last checkpoint.
+              raise type(e)(f"{e}; {resume_point()}") from e.__cause__
             if step != last_saved:
               save(position)  # what was trained is kept; the rerun resumes right here
               saver.finish()
