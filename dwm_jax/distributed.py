@@ -173,8 +173,9 @@ def report_end(line: str, status: int) -> None:
 # Named by what raised them, not by the symptom: "Connection refused" from a bucket is no peer's.
 # A coordination-service barrier (orbax's save and the checkpoint clock's agreement use them)
 # fails with "Barrier failed because: ... Task 1 heartbeat timeout".
+# A coordination-service RPC that fails (its host, process 0, is gone) is a lost peer as well.
 _COLLECTIVE = re.compile(r"\bgloo\b|\bnccl\b|collective|incarnation id|barrier failed|"
-                         r"heartbeat timeout", re.IGNORECASE)
+                         r"heartbeat timeout|coordination.?service", re.IGNORECASE)
 
 
 def is_collective_failure(e: BaseException) -> bool:

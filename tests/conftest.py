@@ -63,3 +63,13 @@ def gcs(tmp_path_factory):
   server.stop()
   os.environ.clear()
   os.environ.update(saved)
+
+
+@pytest.fixture(scope="session")
+def tfds_dir(tmp_path_factory):
+  """A tiny audio dataset built and prepared locally in ArrayRecord format (no download):
+  train 10 / validation 4 / test 4 clips of int16 audio at 8 kHz (``tests/tiny_tfds.py``)."""
+  from tests import tiny_tfds  # pylint: disable=import-outside-toplevel
+  data_dir = tmp_path_factory.mktemp("tfds")
+  tiny_tfds.prepare(str(data_dir))
+  return data_dir

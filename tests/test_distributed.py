@@ -67,6 +67,12 @@ def test_collective_failures_are_recognized():
                          "Task 1 heartbeat timeout. This indicates that the remote task has "
                          "failed, got preempted, or crashed unexpectedly.")
   assert distributed.is_collective_failure(barrier)  # a save's or the clock's barrier
+  leader_gone = RuntimeError(  # a save's barrier after process 0 (the service's host) was killed
+      "UNAVAILABLE: Failed to send RPC to coordination service. Either the leader task was "
+      "preempted/died/restarted unexpectedly or this task is experiencing network issues. ... "
+      "while calling /xla.coordination.CoordinationService/Barrier: :UNKNOWN:Error received from "
+      "peer {grpc_status:14, grpc_message:\"Socket closed\"}")
+  assert distributed.is_collective_failure(leader_gone)
   assert not distributed.is_collective_failure(RuntimeError("RESOURCE_EXHAUSTED: Out of memory"))
   assert not distributed.is_collective_failure(KeyError("gloo"))
   try:  # a save that failed on a collective, as the loop reports it

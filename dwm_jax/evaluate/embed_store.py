@@ -211,6 +211,7 @@ class Store:
         self._stream(key, "frames", frames.shape[1:]).append(frames)
       if self.layers_on:
         self._stream(key, "layers", layers.shape[1:]).append(layers)
+      self._flush_if_due()  # files done before a long one commit while it is still in flight
 
     if self.frames_on or self.layers_on:
       self.writer.put(op)
@@ -258,7 +259,10 @@ class Store:
   # ---------------------------------------------------------------- the commit log
   def _record(self, rec: dict) -> None:
     self.pending.append(rec)
-    if time.monotonic() - self.last_flush >= COMMIT_SECONDS:
+    self._flush_if_due()
+
+  def _flush_if_due(self) -> None:
+    if self.pending and time.monotonic() - self.last_flush >= COMMIT_SECONDS:
       self._flush()
 
   def _flush(self) -> None:

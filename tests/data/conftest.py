@@ -5,6 +5,7 @@ import soundfile as sf
 
 from dwm_jax.config import base_config
 from dwm_jax.data import synthetic
+from tests.tiny_tfds import TFDS_CLASSES, TFDS_NAME  # noqa: F401  (re-exported for the tests)
 
 NUM_CLIPS = 12
 SECONDS = 1.2  # 1.2 s -> 121 frames: crops of 64 frames still vary
@@ -78,45 +79,3 @@ def take(loader, n, state=None):
   out = [next(it)["logmel"] for _ in range(n)]
   return out, it
 
-
-TFDS_NAME = "dwm_tiny_audio"
-TFDS_CLASSES = ("low", "high")
-
-
-@pytest.fixture(scope="session")
-def tfds_dir(tmp_path_factory):
-  """A tiny audio dataset built and prepared locally in ArrayRecord format (no download):
-  train 10 / validation 4 / test 4 clips of int16 audio at 8 kHz (exercises resampling)."""
-  import tensorflow_datasets as tfds
-
-  def clip(i, split_seed):
-    rng = np.random.default_rng((split_seed, i))
-    label = i % 2
-    t = np.arange(int(8000 * (0.6 + 0.1 * (i % 4)))) / 8000
-    x = 0.4 * np.sin(2 * np.pi * (300 if label == 0 else 2000) * t)
-    x = x + 0.01 * rng.standard_normal(t.size)
-    return {"audio": (x * 32767).astype(np.int16), "label": label}
-
-  class DwmTinyAudio(tfds.core.GeneratorBasedBuilder):
-    VERSION = tfds.core.Version("1.0.0")
-    # tfds 4.9.10 resolves code paths of builders in dotted modules through the
-    # `importlib_resources` backport, absent on Python >= 3.9; a top-level name skips that.
-    __module__ = "dwm_tiny_audio_builder"
-
-    def _info(self):
-      return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
-          "audio": tfds.features.Audio(shape=(None,), dtype=np.int16, sample_rate=8000),
-          "label": tfds.features.ClassLabel(names=list(TFDS_CLASSES))}))
-
-    def _split_generators(self, dl_manager):
-      return {"train": self._generate_examples(10, 0),
-              "validation": self._generate_examples(4, 1),
-              "test": self._generate_examples(4, 2)}
-
-    def _generate_examples(self, n, split_seed):
-      for i in range(n):
-        yield f"{split_seed}_{i}", clip(i, split_seed)
-
-  data_dir = tmp_path_factory.mktemp("tfds")
-  DwmTinyAudio(data_dir=str(data_dir), file_format="array_record").download_and_prepare()
-  return data_dir

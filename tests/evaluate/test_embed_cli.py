@@ -23,7 +23,6 @@ from dwm_jax.evaluate import embed_inputs, embed_store, embed_stream, probe
 from dwm_jax.evaluate.embed import embed_logmel
 from dwm_jax.evaluate.embed_cli import settings_for
 from dwm_jax.evaluate.encoder import load_encoder
-from tests.data.conftest import tfds_dir  # noqa: F401  (the local TFDS set, a fixture)
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -206,14 +205,15 @@ def test_memory_of_a_3_minute_file_is_bounded(export, tmp_path):
 
 @pytest.mark.slow
 def test_kill_9_mid_run_then_rerun_gives_the_same_outputs(export, tmp_path):
-  """Short files done, a 3-minute one in flight (40 ms hop: 4 shifted streams, small batches):
-  kill -9, then a rerun ends with the outputs of an uninterrupted run, bit for bit."""
+  """Short files done, a 15-minute one in flight (40 ms hop: 4 shifted streams, small batches):
+  kill -9, then a rerun ends with the outputs of an uninterrupted run, bit for bit. (Long enough
+  to be in flight for a few polls on a fast machine: a 3-minute file took under 0.5 s in CI.)"""
   audio = tmp_path / "audio"
   audio.mkdir()
   for i in range(6):
     sf.write(str(audio / f"a{i}.wav"), tone(0.4 + 0.3 * i, 16000, seed=i), 16000,
              subtype="PCM_16")
-  sf.write(str(audio / "z_long.wav"), tone(180, 16000, seed=9), 16000, subtype="PCM_16")
+  sf.write(str(audio / "z_long.wav"), tone(900, 16000, seed=9), 16000, subtype="PCM_16")
   opts = ["--frames", "--hop-ms", "40", "--segments-per-row", "1", "--batch-size", "2",
           "--workers", "1"]
   ref, out = tmp_path / "ref", tmp_path / "out"
@@ -230,7 +230,7 @@ def test_kill_9_mid_run_then_rerun_gives_the_same_outputs(export, tmp_path):
 
   while not (started(out / "records") and started(out / ".tmp")):  # done files, one in flight
     assert proc.poll() is None and time.time() < deadline, proc.stderr.read()[-3000:]
-    time.sleep(0.02)
+    time.sleep(0.002)
   os.kill(proc.pid, signal.SIGKILL)
   proc.wait()
   # Killed: some files recorded, the long one in flight in .tmp, nothing partial in place.
@@ -336,7 +336,7 @@ def test_a_missing_encoder_is_refused(tmp_path, capsys):
 def test_tfds_input(tfds_dir, export, tmp_path):
   """tfds:NAME: every split, records named SPLIT/INDEX, decoded as the probe decodes them."""
   from dwm_jax.data.tfds_source import open_data_source, to_wave
-  from tests.data.conftest import TFDS_NAME
+  from tests.tiny_tfds import TFDS_NAME
   out = tmp_path / "out"
   assert embed_cmd("--encoder", export, f"tfds:{TFDS_NAME}", "--out", out, "--tfds-data-dir",
                    tfds_dir, "--split", "test", "--split", "validation") == 0
