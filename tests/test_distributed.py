@@ -266,7 +266,7 @@ def _committed(gcs, workdir: str) -> list[int]:
 def test_a_stalled_bucket_ends_the_blocked_process_by_its_deadline_and_the_other_sees_it_lost(
     gcs, pair_reference):
   """A gs:// workdir that stops answering process 1 (its path to the bucket goes through a proxy
-  that pauses) after checkpoint 3: process 1's storage watchdog ends it, inside the save of the
+  that pauses) once the save after checkpoint 3 has begun: process 1's storage watchdog ends it, inside the save of the
   next step, with its own line naming the last committed checkpoint (status 75); process 0,
   waiting for it in that save, sees it lost and says so in one line (75); neither prints a C++
   report. Once the bucket answers again, the same command resumes exactly, with every step
@@ -281,11 +281,14 @@ def test_a_stalled_bucket_ends_the_blocked_process_by_its_deadline_and_the_other
                         "--config.storage.request_timeout_seconds=2", env_1=env_1)
     try:
       deadline = time.monotonic() + 400
-      while 3 not in _committed(gcs, run):
+      # The save of step 4 has begun (its folder appeared): step 4 ran on both processes, so
+      # process 1 is past the whole save of 3; it stalls in the save of 4 (or a later one).
+      while 3 not in _committed(gcs, run) or not any(
+          n.startswith("4/") for n in _objects(gcs, f"{run}/checkpoints")):
         for p in procs:
           assert p.poll() is None, p.communicate()[1][-3000:]
-        assert time.monotonic() < deadline, "no checkpoint 3 within 400 s"
-        time.sleep(0.05)
+        assert time.monotonic() < deadline, "no save of step 4 within 400 s"
+        time.sleep(0.01)
       proxy.pause()
       stalled_at = time.monotonic()
       errs = [p.communicate(timeout=STORAGE_TIMEOUT + HEARTBEAT + 120)[1] for p in procs]

@@ -84,13 +84,15 @@ logging.getLogger("absl").addFilter(_QuietOrbax())
 
 
 def make_manager(workdir: str, ckpt_cfg: ml_collections.ConfigDict | None = None, *,
-                 read_only: bool = False,
+                 read_only: bool = False, cleanup: bool = True,
                  on_commit: Callable[[], None] | None = None) -> ocp.CheckpointManager:
   """A manager keeping the last ``keep`` saves plus every ``keep_period``-th step.
 
   The loop decides when to save (``save(..., force=True)``), so no save interval is set here.
   ``on_commit`` runs (in orbax's background thread, on process 0) after each asynchronous save
-  has committed.
+  has committed. ``cleanup``: remove unfinished saves' temporary folders, in a background thread
+  that the first save waits for; give it to one manager of a workdir at a time (two such threads
+  removing the same folder fail each other: ``FileNotFoundError`` at the first save).
   """
   keep = int(ckpt_cfg.keep) if ckpt_cfg is not None else 3
   period = int(ckpt_cfg.keep_period) if ckpt_cfg is not None else 0
@@ -104,7 +106,7 @@ def make_manager(workdir: str, ckpt_cfg: ml_collections.ConfigDict | None = None
       if async_save and on_commit is not None else None,
       preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(policies),
       save_interval_steps=0 if read_only else 1,
-      cleanup_tmp_directories=not read_only,
+      cleanup_tmp_directories=cleanup and not read_only,
       read_only=read_only,
       create=not read_only)
   return ocp.CheckpointManager(checkpoint_dir(workdir), options=options)
@@ -133,8 +135,9 @@ class Saver:
   :meth:`finish`, which is why the saver tracks the step in flight.
   """
 
-  def __init__(self, manager: ocp.CheckpointManager, workdir: str, last_good: int | None):
-    self.manager, self.workdir = manager, workdir
+  def __init__(self, manager: ocp.CheckpointManager, workdir: str, last_good: int | None, *,
+               synchronous: bool = False):
+    self.manager, self.workdir, self.synchronous = manager, workdir, synchronous
     self.last_good, self.in_flight = last_good, None
     self._started: collections.deque = collections.deque()  # saves not yet known committed
     self._committed = last_good
@@ -180,6 +183,12 @@ class Saver:
         pass
       unfinished = self._settle()
       raise self._failed(step if unfinished is None else unfinished, e) from e
+    if self.synchronous:
+      # Committed when it returns: nothing to look up in the storage (a bucket that stalls
+      # now would hold this save open after it committed, and name the one before as good).
+      self.last_good = step
+      self.committed()
+      return
     self._settle()
     self.in_flight = step
 

@@ -264,7 +264,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
 
   k_init, key = jax.random.split(jax.random.key(int(config.seed)))
   with deadline.guard("restoring the latest checkpoint from", ckpt_dir):
-    manager = ckpt.make_manager(workdir, config.checkpoint)
+    # Only the second manager, the one that saves, removes unfinished saves (nothing built twice).
+    manager = ckpt.make_manager(workdir, config.checkpoint, cleanup=False)
     restored = ckpt.restore_latest(
         workdir, manager, state_template=state_lib.abstract_train_state(setup),
         data_iter=data_iter if batches is None else None)
@@ -283,7 +284,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
     del host_state
     log.info("resumed from step %d of %s", start, ckpt_dir)
   host_key, key = key, mesh_lib.put_replicated(key, mesh)
-  saver = ckpt.Saver(manager, workdir, last_good=start)
+  saver = ckpt.Saver(manager, workdir, last_good=start,
+                     synchronous=not config.checkpoint.async_save)
   clock = ckpt.SaveClock(float(config.checkpoint.every_minutes))
 
   with deadline.guard("reading the run's logs from", workdir):
@@ -322,8 +324,6 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
     with deadline.guard(f"saving checkpoint {step} to", ckpt_dir):
       saver.save(step, state=mesh_lib.to_host(state), rng=host_key, data_iter=position,
                  config=config)
-    if not config.checkpoint.async_save:
-      saver.committed()  # a synchronous save has committed when it returns (no on_commit)
     checkpoint_seconds += time.perf_counter() - t
     clock.saved()
     last_saved = step

@@ -100,6 +100,25 @@ def test_torn_save_is_ignored_on_restart(reference_run, tmp_path):
   assert_same_tree(saved_state(workdir)[1], reference)
 
 
+def test_a_large_torn_save_is_removed_once_before_the_first_save(reference_run, tmp_path):
+  """A kill during the first save leaves a temporary folder with many files (here 4000) and no
+  earlier checkpoint: the restart removes it in one thread and saves (two managers each removing
+  it raced: FileNotFoundError at the first save, which then could not be written)."""
+  _, reference = reference_run
+  workdir = str(tmp_path / "run")
+  torn = os.path.join(workdir, "checkpoints", "2.orbax-checkpoint-tmp-1700000000000000")
+  for i in range(40):
+    folder = os.path.join(torn, "data.orbax-checkpoint-tmp", f"d{i}")
+    os.makedirs(folder)
+    for j in range(100):
+      with open(os.path.join(folder, f"f{j}"), "wb") as f:
+        f.write(b"x")
+  summary = loop.train(tiny_config(), workdir)
+  assert summary["resumed_from"] is None and summary["step"] == 8
+  assert not os.path.exists(torn)
+  assert_same_tree(saved_state(workdir)[1], reference)
+
+
 def test_nan_loss_stops_with_message_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
   real = step_lib.train_step
 

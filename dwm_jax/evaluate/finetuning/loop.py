@@ -202,7 +202,7 @@ def run(setup: FinetuneSetup, compiled: Any, evaluator: Evaluator, encoder: Enco
   window = setup.input_shape[1]
   train = data.train_set(*splits.train, window=window, pad_value=setup.norm_mean)
   k_head, key = jax.random.split(jax.random.key(int(seed)))
-  manager = ckpt.make_manager(workdir, config.checkpoint)
+  manager = ckpt.make_manager(workdir, config.checkpoint, cleanup=False)  # the saving one cleans
   template = {"model": abstract_state(setup, encoder.params), "tracker": _tracker_template()}
   # The newest checkpoint that restores; damaged ones are set aside (never trained over), as
   # in pretraining.
