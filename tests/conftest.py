@@ -1,4 +1,5 @@
-"""Test-wide setup: two host CPU devices so pmap paths run in-process (set before jax imports)."""
+"""Test-wide setup (before jax imports): two host CPU devices so pmap paths run in-process, no
+backend optimisations; the end-to-end files start first; shared fixtures."""
 import importlib.util
 import os
 
@@ -6,6 +7,13 @@ import pytest
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Tests compile many small programs and run each a few times, so XLA:CPU's LLVM optimisation of
+# the machine code costs more than it saves (about 40% of a tiny step's compile time). The HLO
+# passes, which decide what a program computes (fusion, conds, loops, sharding), still run: the
+# compiled HLO is the same either way, so tests that read it check the program users run. Set
+# in the environment, so the tests' subprocesses (two-process runs, CLIs, HEAR kits) inherit it;
+# JAX_DISABLE_MOST_OPTIMIZATIONS=0 runs the suite fully optimised.
+os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
 
 # With the CUDA build of torch (the one pip takes here), loading triton's C extension after
 # tensorflow segfaults the process (tensorflow 2.x + triton 3.8 symbol clash); torch imports
@@ -73,3 +81,11 @@ def tfds_dir(tmp_path_factory):
   data_dir = tmp_path_factory.mktemp("tfds")
   tiny_tfds.prepare(str(data_dir))
   return data_dir
+
+
+def pytest_collection_modifyitems(config, items):  # pylint: disable=unused-argument
+  """Files with end-to-end tests (marked ``slow``) run first, each file's tests in their order
+  (module fixtures are set up once): with ``-n 2`` a minute-long test that starts last leaves
+  the other core idle while it runs, and the many short tests fill the end instead."""
+  slow_files = {item.path for item in items if item.get_closest_marker("slow")}
+  items.sort(key=lambda item: item.path not in slow_files)

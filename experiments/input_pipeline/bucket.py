@@ -38,7 +38,11 @@ def _proxy_main(conn, target_port: int) -> None:
 
 
 class Bucket:
-  """``gs://NAME`` on a fake-gcs-server under ``root``, reached through a latency proxy."""
+  """``gs://NAME`` on a fake-gcs-server under ``root``, reached through a latency proxy.
+
+  It points this process's storage clients at the proxy for the rest of the process (tensorstore
+  reads the address once): one bucket per benchmark process.
+  """
 
   def __init__(self, root: Path, name: str = "audio-data"):
     shutil.rmtree(root, ignore_errors=True)  # a new, empty bucket

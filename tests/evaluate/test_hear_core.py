@@ -6,10 +6,7 @@ from hypothesis import given, settings, strategies as st
 
 from dwm_jax.evaluate import embed as embed_lib
 from dwm_jax.evaluate.hear import core
-from tests.fast_compile import fast_compile  # noqa: F401  pylint: disable=unused-import
 
-# Small programs, each compiled once and run a few times: skip the backend optimisations.
-pytestmark = pytest.mark.usefixtures("fast_compile")
 
 PW = 16
 HOPS = [1, 2, 4, 8, 16]  # log-mel frames dividing the patch width

@@ -11,7 +11,6 @@ import pytest
 import soundfile as sf
 
 from dwm_jax.evaluate.encoder import save_encoder
-from tests import fast_compile
 
 pytest.importorskip("heareval", reason="hear-eval-kit: pip install --no-deps heareval==2021.1.3 "
                     "python-slugify text-unidecode intervaltree sortedcontainers")
@@ -51,7 +50,7 @@ def test_heareval_embedding_runner(tmp_path, tiny_encoder):
                       norm_std=tiny_encoder.norm_std)
   for name, kind in (("toy-scene", "scene"), ("toy-events", "event")):
     _task(tmp_path / "tasks", name, kind)
-  env = {**os.environ, **fast_compile.ENV, "PYTHONPATH": os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")])}
+  env = {**os.environ, "PYTHONPATH": os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")])}
   out = subprocess.run(
       [sys.executable, "-m", "heareval.embeddings.runner", "dwm_jax.evaluate.hear", "--model",
        path, "--tasks-dir", str(tmp_path / "tasks"), "--embeddings-dir", str(tmp_path / "emb"),

@@ -8,7 +8,6 @@ import sys
 import pytest
 
 from dwm_jax.evaluate.encoder import save_encoder
-from tests import fast_compile
 
 pytest.importorskip("hearvalidator", reason="the HEAR validator: pip install --no-deps "
                     "--ignore-requires-python hearvalidator==2021.0.6 (as .ci/run does)")
@@ -26,7 +25,7 @@ def test_official_validator(tmp_path, tiny_encoder, options, module_line, first)
                       params=tiny_encoder.params, norm_mean=tiny_encoder.norm_mean,
                       norm_std=tiny_encoder.norm_std)
   # The validator calls load_model(path) without options: they go through the environment.
-  env = {**os.environ, **fast_compile.ENV, "PYTHONPATH": ROOT, "DWM_JAX_HEAR_OPTIONS": json.dumps(options)}
+  env = {**os.environ, "PYTHONPATH": ROOT, "DWM_JAX_HEAR_OPTIONS": json.dumps(options)}
   out = subprocess.run([sys.executable, "-m", "hearvalidator.validate", "dwm_jax.evaluate.hear",
                         "--model", path, "--device", "cpu"],
                        capture_output=True, text=True, env=env, timeout=300)

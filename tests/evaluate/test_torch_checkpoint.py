@@ -16,7 +16,6 @@ from dwm_jax.evaluate.torch_checkpoint import (encoder_to_state, parse_folder_na
                                                state_to_encoder)
 from dwm_jax.models import sincos_2d
 from tests.evaluate.conftest import tiny_model_cfg
-from tests.fast_compile import fast_compile  # noqa: F401  pylint: disable=unused-import
 from tests.m2d_reference import (authors_frames, mae_table, rel_err, runtime_encoder,
                                  state_dict_numpy, timm_m2d_vit)
 
@@ -26,8 +25,6 @@ pytest.importorskip("timm")
 M2D_FOLDER = "m2d_vit_base-80x608p16x16-220930-mr7"
 SMALL_FOLDER = "m2d_vit_base-80x64p16x16-240101-mr7"  # 64-frame windows: fast tests
 
-# Small programs, each compiled once and run a few times: skip the backend optimisations.
-pytestmark = pytest.mark.usefixtures("fast_compile")
 
 
 def logmels(n: int, t: int, seed: int = 0) -> np.ndarray:

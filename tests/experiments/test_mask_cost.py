@@ -9,10 +9,7 @@ import numpy as np
 import pytest
 
 from dwm_jax import patching
-from tests.fast_compile import fast_compile  # noqa: F401  pylint: disable=unused-import
 
-# Tiny programs, each compiled once and run a few times: skip the backend optimisations.
-pytestmark = pytest.mark.usefixtures("fast_compile")
 
 SCRIPT = pathlib.Path(__file__).resolve().parents[2] / "experiments" / "mask_cost" / "run.py"
 

@@ -6,10 +6,7 @@ import pathlib
 
 import pytest
 
-from tests.fast_compile import fast_compile  # noqa: F401  pylint: disable=unused-import
 
-# Tiny programs, each compiled once and run a few times: skip the backend optimisations.
-pytestmark = pytest.mark.usefixtures("fast_compile")
 
 SCRIPT = pathlib.Path(__file__).resolve().parents[2] / "experiments" / "step_cost" / "run.py"
 

@@ -8,12 +8,9 @@ import pathlib
 import numpy as np
 import pytest
 
-from tests.fast_compile import fast_compile  # noqa: F401  pylint: disable=unused-import
 # The launcher tests' persistent compilation cache: the second seed's runs are cache hits.
 from tests.train.conftest import cache_dir, compile_cache  # noqa: F401  pylint: disable=unused-import
 
-# Tiny programs, each compiled once and run a few times: skip the backend optimisations.
-pytestmark = pytest.mark.usefixtures("fast_compile")
 
 SCRIPT = (pathlib.Path(__file__).resolve().parents[2] / "experiments" / "strategy_comparison"
           / "run.py")

@@ -4,15 +4,6 @@ import pytest
 
 from dwm_jax import masking, patching
 from dwm_jax.config import base_config
-from tests.fast_compile import unoptimized_backend
-
-
-@pytest.fixture(scope="module", autouse=True)
-def fast_compile():
-  """Small programs, each run a few times: no backend (LLVM) optimisations (same HLO; see
-  tests/fast_compile.py)."""
-  with unoptimized_backend():
-    yield
 
 
 def tiny_config(objective: str):

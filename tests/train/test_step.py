@@ -11,10 +11,7 @@ from dwm_jax import masking, patching
 from dwm_jax.config import base_config
 from dwm_jax.train import ema, mesh as mesh_lib, setup as setup_lib, state as state_lib
 from dwm_jax.train import step as step_lib
-from tests.fast_compile import fast_compile  # noqa: F401  pylint: disable=unused-import
 
-# Each test compiles a tiny step and runs it a few times: skip the backend optimisations.
-pytestmark = pytest.mark.usefixtures("fast_compile")
 
 TOTAL, PER_EPOCH = 40, 10
 BATCH = 8
