@@ -1,5 +1,5 @@
 """Test-wide setup (before jax imports): two host CPU devices so pmap paths run in-process, no
-backend optimisations; the end-to-end files start first; shared fixtures."""
+backend optimisations; shared fixtures."""
 import importlib.util
 import os
 
@@ -81,11 +81,3 @@ def tfds_dir(tmp_path_factory):
   data_dir = tmp_path_factory.mktemp("tfds")
   tiny_tfds.prepare(str(data_dir))
   return data_dir
-
-
-def pytest_collection_modifyitems(config, items):  # pylint: disable=unused-argument
-  """Files with end-to-end tests (marked ``slow``) run first, each file's tests in their order
-  (module fixtures are set up once): with ``-n 2`` a minute-long test that starts last leaves
-  the other core idle while it runs, and the many short tests fill the end instead."""
-  slow_files = {item.path for item in items if item.get_closest_marker("slow")}
-  items.sort(key=lambda item: item.path not in slow_files)
